@@ -1,0 +1,39 @@
+# Two commands on a fresh machine with Python 3.11:  `make demo`  and  `make test`.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+OUT     ?= outputs/demo
+
+.PHONY: demo test install lint browser bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch is pinned first: an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[all,test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Headless Chromium for the viewer's browser tests (Debian's package; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+demo: install
+	$(BIN)/wbtrace train --preset cpu trainer.output_dir=$(OUT)
+
+test: install browser
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check wbtrace tests scripts
+
+bench: install
+	$(BIN)/python scripts/bench_io.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

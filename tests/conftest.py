@@ -1,0 +1,32 @@
+"""Shared fixtures: small real traces written by the real TraceWriter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wbtrace import TraceWriter
+from wbtrace.synthetic import make_step, synthetic_vocab
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def write_trace(run_dir: Path, steps=(1, 2, 3), n: int = 8, max_len: int = 40, vocab_size: int = 300) -> Path:
+    """A trace of synthetic steps (seeded by step number) written through the public writer."""
+    with TraceWriter(run_dir, vocab=synthetic_vocab(vocab_size), run_info={"model": "synthetic"}) as w:
+        for s in steps:
+            assert w.write_step(s, **make_step(n, max_len, vocab_size, seed=s))
+    assert w.report.ok, w.report
+    return run_dir
+
+
+@pytest.fixture
+def trace_dir(tmp_path: Path) -> Path:
+    return write_trace(tmp_path / "trace")
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

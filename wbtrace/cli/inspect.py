@@ -1,0 +1,140 @@
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from wbtrace.cli.app import main
+from wbtrace.cli.options import fmt_float, open_store, selected_steps, step_options, trace_dir_argument
+from wbtrace.errors import BadInputError
+from wbtrace.palette import entropy_hex, text_color_for
+from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
+
+
+@main.command("ls")
+@trace_dir_argument
+def ls_cmd(trace_dir: str) -> None:
+    """List the steps of a trace: responses, tokens, entropy.
+
+    \b
+    Example:
+        wbtrace ls outputs/demo/entropy_trace
+    """
+    store = open_store(trace_dir)
+    table = Table(title=f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})", title_justify="left")
+    for col in ("step", "responses", "kept", "tokens", "mean H", "p90 H", "reward", "KiB"):
+        table.add_column(col, justify="right")
+    for e in store.manifest:
+        table.add_row(str(e["step"]), str(e.get("n_responses")), str(e.get("n_kept")), str(e.get("n_tokens")),
+                      fmt_float(e.get("entropy_mean")), fmt_float(e.get("entropy_p90")),
+                      fmt_float(e.get("reward_mean")), f"{e.get('bytes', 0) / 1024:.0f}")
+    wide_console().print(table)
+
+
+def wide_console(**kwargs) -> Console:
+    """A console at least 120 columns wide when piped (rich would fall back to 80 and cut columns)."""
+    console = Console(**kwargs)
+    return console if console.is_terminal else Console(width=max(console.width, 120), **kwargs)
+
+
+def _stats_record(store, step: int, threshold: float) -> dict:
+    t = store.read_step(step)
+    vocab = store.vocab
+    forks = [{**f, "token": vocab.text(f["token_id"])} for f in forking_tokens(t, threshold)]
+    return {"step": step, **step_stats(t, threshold), "entropy_by_position": position_profile(t),
+            "forking_tokens": forks}
+
+
+@main.command("stats")
+@trace_dir_argument
+@step_options
+@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+              help="Entropy (nats) above which a token counts as high-entropy.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per step) instead of tables.")
+def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
+              as_json: bool) -> None:
+    """Per-step entropy statistics: percentiles, share above a threshold, correct vs incorrect,
+    entropy by relative position, top forking tokens.
+
+    \b
+    Example:
+        wbtrace stats outputs/demo/entropy_trace --steps 1:5
+        wbtrace stats outputs/demo/entropy_trace --json | jq '.[] | .entropy_p90'
+    """
+    store = open_store(trace_dir)
+    records = [_stats_record(store, s, threshold) for s in selected_steps(store, steps, step_range)]
+    if as_json:
+        click.echo(json.dumps(records, indent=1))
+        return
+    console = wide_console()
+    console.print(_percentile_table(records, threshold))
+    console.print(_position_table(records))
+    forks = Table(title="Top forking tokens (count, mean H)", title_justify="left")
+    forks.add_column("step", justify="right")
+    forks.add_column("tokens")
+    for r in records:
+        forks.add_row(str(r["step"]), "  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
+                                                for f in r["forking_tokens"][:6]))
+    console.print(forks)
+
+
+def _percentile_table(records: list[dict], threshold: float) -> Table:
+    t = Table(title="Token entropy (nats)", title_justify="left")
+    cols = ("step", "tokens", "mean", "p50", "p80", "p90", "p99", f">{threshold:g}", "H right", "H wrong",
+            "acc", "reward")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for r in records:
+        share = r.get("share_above")
+        t.add_row(str(r["step"]), str(r["n_tokens"]), *(fmt_float(r.get(k)) for k in
+                  ("entropy_mean", "entropy_p50", "entropy_p80", "entropy_p90", "entropy_p99")),
+                  "-" if share is None else f"{100 * share:.1f}%",
+                  fmt_float(r.get("entropy_mean_correct")), fmt_float(r.get("entropy_mean_incorrect")),
+                  fmt_float(r.get("accuracy"), 2), fmt_float(r.get("reward_mean")))
+    return t
+
+
+def _position_table(records: list[dict]) -> Table:
+    t = Table(title="Mean entropy by relative position in the response (deciles)", title_justify="left")
+    t.add_column("step", justify="right")
+    for i in range(10):
+        t.add_column(f"{10 * i}%", justify="right")
+    for r in records:
+        t.add_row(str(r["step"]), *(fmt_float(v, 2) for v in r["entropy_by_position"]))
+    return t
+
+
+@main.command("show")
+@trace_dir_argument
+@click.option("--step", type=int, required=True, help="Step to show.")
+@click.option("--sample", type=int, required=True, help="sample_id of the response.")
+def show_cmd(trace_dir: str, step: int, sample: int) -> None:
+    """Print one response with each token coloured by its entropy.
+
+    \b
+    Example:
+        wbtrace show outputs/demo/entropy_trace --step 2 --sample 0
+    """
+    store = open_store(trace_dir)
+    table = store.read_step(step)
+    ids = table.column("sample_id").to_pylist()
+    if sample not in ids:
+        raise BadInputError(f"step {step} has no sample {sample}; sample ids are {min(ids)}..{max(ids)}")
+    row = table.slice(ids.index(sample), 1).to_pylist()[0]
+    head = [f"step {step}", f"sample {sample}", f"group {row.get('group_id')}", f"{row['response_length']} tokens"]
+    for key in ("reward", "correct", "advantage", "kept", "truncated"):
+        if row.get(key) is not None:
+            head.append(f"{key} {row[key]:.3g}" if isinstance(row[key], float) else f"{key} {row[key]}")
+    console = wide_console(highlight=False)
+    console.print(" | ".join(head), style="bold")
+    text = Text()
+    for tok, h in zip(row["token_ids"], row["entropy"]):
+        text.append(store.vocab.text(tok), style=f"{text_color_for(h)} on {entropy_hex(h)}")
+    console.print(text)
+    console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
+                                                     for h in (0, 0.3, 0.672, 1, 2, 3.5, 6))) + Text(" nats"))

@@ -1,0 +1,180 @@
+"""Flatten step tables for offline analysis: one row per token (or per response) as CSV, Parquet or JSONL.
+
+Token rows are built with Arrow kernels (``list_flatten`` + ``take`` by parent row) and filtered
+with Polars' SQL expressions, so ``--where "entropy > 2 AND position < 100"`` needs no parser of
+ours. Steps stream one at a time: memory holds one step, whatever the run's length.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from wbtrace.errors import BadInputError
+from wbtrace.store import TraceStore
+from wbtrace.vocab import Vocab
+
+FORMATS = ("csv", "parquet", "jsonl")
+LEVELS = ("token", "response")
+TOKEN_FIRST = ("step", "sample_id", "group_id", "position", "token_id", "token", "entropy", "logprob",
+               "reward", "advantage")
+ROW_SCALARS = ("prompt_index", "correct", "score", "kept", "truncated", "response_length")
+
+
+def _vocab_array(vocab: Vocab) -> pa.Array:
+    return pa.array(list(vocab.texts), type=pa.string())
+
+
+def token_texts(ids: pa.Array, vocab_texts: pa.Array) -> pa.Array:
+    """Display text per token id; ids outside the vocabulary show as ``<id:N>``."""
+    n = len(vocab_texts)
+    valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n)) if n else pc.equal(ids, -1)
+    texts = pc.take(vocab_texts, pc.if_else(valid, ids, 0)) if n else pa.nulls(len(ids), pa.string())
+    unknown = pc.binary_join_element_wise("<id:", pc.cast(ids, pa.string()), ">", "")
+    return pc.if_else(valid, texts, unknown)
+
+
+def token_rows(table: pa.Table, vocab_texts: pa.Array) -> pa.Table:
+    """One row per token: ``step, sample_id, group_id, position, token_id, token, entropy, logprob,
+    reward, advantage``, then other per-response columns and extra per-token lists (``ratio`` ...)."""
+    ent = table.column("entropy").combine_chunks()
+    parents = pc.list_parent_indices(ent)
+    lengths = pc.list_value_length(ent).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids = pc.list_flatten(table.column("token_ids").combine_chunks())
+    cols: dict[str, Any] = {}
+    for name in table.column_names:
+        typ = table.schema.field(name).type
+        if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+            if name not in ("token_ids", "prompt_token_ids"):
+                flat = pc.list_flatten(table.column(name).combine_chunks())
+                cols[name] = flat.cast(pa.float32()) if pa.types.is_float16(flat.type) else flat
+        elif name not in ("prompt_text", "response_text"):
+            cols[name] = pc.take(table.column(name), parents)
+    cols["position"] = pa.array((np.arange(len(ids)) - starts).astype(np.int32))
+    cols["token_id"] = ids
+    cols["token"] = token_texts(ids, vocab_texts)
+    order = [c for c in TOKEN_FIRST if c in cols] + [c for c in cols if c not in TOKEN_FIRST]
+    return pa.table({c: cols[c] for c in order})
+
+
+def response_rows(table: pa.Table, vocab: Vocab) -> pa.Table:
+    """One row per response: its per-response columns, entropy mean/max, tokens above 0.672, text."""
+    from wbtrace.stats import DEFAULT_THRESHOLD
+
+    ent = table.column("entropy").combine_chunks()
+    keep = [c for c in table.column_names
+            if not (pa.types.is_list(table.schema.field(c).type) or c == "prompt_text")]
+    out = {c: table.column(c) for c in keep}
+    flat = pc.list_flatten(ent).cast(pa.float32())
+    parents = pc.list_parent_indices(ent)
+    grouped = pa.table({"row": parents, "h": flat, "hi": pc.greater(flat, DEFAULT_THRESHOLD)}).group_by("row").aggregate(
+        [("h", "mean"), ("h", "max"), ("hi", "sum")])
+    idx = grouped.column("row").to_numpy()
+    for src, dst in (("h_mean", "entropy_mean"), ("h_max", "entropy_max"), ("hi_sum", "n_above_threshold")):
+        vals = np.full(table.num_rows, np.nan if dst != "n_above_threshold" else 0)
+        vals[idx] = grouped.column(src).to_numpy(zero_copy_only=False)
+        out[dst] = pa.array(vals.astype(np.int32) if dst == "n_above_threshold" else vals.astype(np.float32))
+    if "response_text" not in out:
+        out["response_text"] = pa.array([vocab.decode(ids) for ids in table.column("token_ids").to_pylist()])
+    return pa.table(out)
+
+
+def filter_rows(table: pa.Table, where: str | None) -> pa.Table:
+    """Rows of ``table`` where the SQL expression ``where`` holds (Polars' SQL dialect)."""
+    if not where:
+        return table
+    import polars as pl
+
+    try:
+        return pl.from_arrow(table).filter(pl.sql_expr(where)).to_arrow()
+    except pl.exceptions.PolarsError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "valid columns" not in first:
+            first += f" (columns: {', '.join(table.column_names)})"
+        raise BadInputError(f"--where {where!r}: {first}") from None
+
+
+class _Sink:
+    """Appends tables to one output in a format; Parquet keeps the first table's schema."""
+
+    def __init__(self, fmt: str, out: IO[bytes], path: str) -> None:
+        self.fmt, self.out, self.path = fmt, out, path
+        self.rows = 0
+        self._pq: pq.ParquetWriter | None = None
+
+    def write(self, table: pa.Table) -> None:
+        import polars as pl
+
+        if self.fmt == "parquet":
+            if self._pq is None:
+                self._pq = pq.ParquetWriter(self.out, table.schema, compression="zstd")
+            elif table.schema != self._pq.schema:
+                table = self._conform(table)
+            self._pq.write_table(table)
+        elif self.fmt == "csv":
+            pl.from_arrow(table).write_csv(self.out, include_header=self.rows == 0)
+        else:
+            pl.from_arrow(table).write_ndjson(self.out)
+        self.rows += table.num_rows
+
+    def _conform(self, table: pa.Table) -> pa.Table:
+        want = self._pq.schema
+        try:
+            return table.select(want.names).cast(want)
+        except (KeyError, pa.ArrowInvalid, ValueError):
+            raise BadInputError(f"{self.path}: steps have different columns and cannot share one Parquet file:\n"
+                                f"first: {want}\nthis: {table.schema}\nexport them separately") from None
+
+    def close(self) -> None:
+        if self._pq is not None:
+            self._pq.close()
+
+
+@contextmanager
+def _open_output(path: str, fmt: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        if fmt == "parquet":
+            raise BadInputError("--format parquet needs -o FILE (Parquet cannot stream to stdout)")
+        yield sys.stdout.buffer
+        return
+    dest = Path(path)
+    tmp = dest.with_name(f".{dest.name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(dest)  # a failed export never leaves a half file under the real name
+
+
+def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: str = "csv", level: str = "token",
+                 where: str | None = None, progress: Any = None) -> int:
+    """Export the given steps to ``out`` (a path or ``-`` for stdout); returns the number of rows written.
+
+    ``progress`` is called with each finished step (the CLI passes a rich progress bar's advance).
+    """
+    if fmt not in FORMATS or level not in LEVELS:
+        raise BadInputError(f"format must be one of {FORMATS} and level one of {LEVELS}")
+    vocab = store.vocab
+    texts = _vocab_array(vocab)
+    with _open_output(out, fmt) as f:
+        sink = _Sink(fmt, f, out)
+        try:
+            for step, table in store.iter_steps(steps):
+                rows = token_rows(table, texts) if level == "token" else response_rows(table, vocab)
+                sink.write(filter_rows(rows, where))
+                if progress is not None:
+                    progress(step)
+        finally:
+            sink.close()
+    return sink.rows

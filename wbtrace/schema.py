@@ -1,0 +1,238 @@
+"""Trace schema v1: the columns of a step table and how padded trainer arrays become one.
+
+A step is one Parquet file with one row per response (not per token: smaller and faster) and list
+columns for per-token data, unpadded. Entropy and log-prob are float16 by default: entropy in float32
+barely compresses (3.5 of 4 bytes) and float16 keeps ~3 significant digits, plenty for nats.
+
+Examples
+--------
+>>> import numpy as np
+>>> from wbtrace.schema import pack_step
+>>> table = pack_step(
+...     7,
+...     token_ids=np.array([[5, 6, 7], [8, 9, 0]]),
+...     response_mask=np.array([[1, 1, 1], [1, 1, 0]]),
+...     entropy=np.array([[0.5, 2.0, 0.01], [1.0, 0.0, 9.9]]),
+... )
+>>> table.num_rows, table["token_ids"].to_pylist()
+(2, [[5, 6, 7], [8, 9]])
+>>> table["response_length"].to_pylist()
+[3, 2]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from wbtrace.errors import BadInputError
+
+SCHEMA_VERSION = 1
+METADATA_KEY = b"wbtrace.schema_version"
+TOKEN_COLUMNS = ("token_ids", "entropy", "logprob")
+
+# Per-response columns with a fixed type; anything else in **extra is typed from its values.
+KNOWN_SCALARS: dict[str, pa.DataType] = {
+    "step": pa.int32(),
+    "sample_id": pa.int32(),
+    "group_id": pa.string(),
+    "prompt_index": pa.int32(),
+    "response_length": pa.int32(),
+    "kept": pa.bool_(),
+    "reward": pa.float32(),
+    "advantage": pa.float32(),
+    "correct": pa.bool_(),
+    "score": pa.float32(),
+    "truncated": pa.bool_(),
+    "prompt_text": pa.string(),
+    "response_text": pa.string(),
+}
+FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def to_numpy(x: Any, name: str) -> np.ndarray:
+    """Copy an array-like (numpy, torch on any device, nested lists) into a fresh numpy array.
+
+    A copy, because the caller may reuse its buffers as soon as ``write_step`` returns.
+    """
+    if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        t = x.detach()
+        if t.dtype.is_floating_point and t.dtype.itemsize == 2 and str(t.dtype) == "torch.bfloat16":
+            t = t.float()  # numpy has no bfloat16
+        return t.cpu().numpy().copy()
+    try:
+        return np.array(x, copy=True)
+    except (ValueError, TypeError) as e:
+        raise BadInputError(f"{name}: cannot be read as an array ({e})") from None
+
+
+def _check_shape(name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
+    if arr.shape != shape:
+        raise BadInputError(f"{name} has shape {list(arr.shape)}, expected {list(shape)}")
+
+
+def _list_column(values: np.ndarray, mask: np.ndarray, offsets: pa.Array, dtype: Any) -> pa.ListArray:
+    flat = values[mask].astype(dtype, copy=False)
+    return pa.ListArray.from_arrays(offsets, pa.array(flat))
+
+
+def _scalar_column(name: str, values: Any, n: int) -> pa.Array:
+    arr = values if isinstance(values, np.ndarray) else to_numpy(values, name)
+    if arr.ndim != 1 or len(arr) != n:
+        raise BadInputError(f"{name} has shape {list(arr.shape)}, expected [{n}] (one value per response)")
+    typ = KNOWN_SCALARS.get(name)
+    if typ == pa.string() or arr.dtype.kind in "OUS":
+        return pa.array([None if v is None else str(v) for v in arr.tolist()], type=pa.string())
+    if typ is not None:
+        return pa.array(arr, type=typ, from_pandas=True)
+    return pa.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+
+
+def _ragged_column(name: str, values: Sequence[Any], n: int) -> pa.Array:
+    """A per-response variable-length list (e.g. prompt_token_ids given as a list of arrays)."""
+    if len(values) != n:
+        raise BadInputError(f"{name} has {len(values)} entries, expected {n}")
+    arrays = [to_numpy(v, name).ravel() for v in values]
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays) if arrays else np.zeros(0)
+    if flat.dtype.kind in "iu":
+        flat = flat.astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+
+
+def _extra_column(name: str, value: Any, mask: np.ndarray, offsets: pa.Array) -> pa.Array:
+    n, t = mask.shape
+    if isinstance(value, (list, tuple)) and value and not np.isscalar(value[0]) and value[0] is not None:
+        return _ragged_column(name, value, n)
+    arr = to_numpy(value, name)
+    if arr.ndim == 2:
+        _check_shape(name, arr, (n, t))
+        dtype = np.float32 if arr.dtype.kind == "f" else (np.int32 if arr.dtype.kind in "iu" else arr.dtype)
+        return _list_column(arr, mask, offsets, dtype)
+    return _scalar_column(name, arr, n)
+
+
+def pack_step(
+    step: int,
+    token_ids: Any,
+    response_mask: Any,
+    entropy: Any,
+    logprob: Any = None,
+    *,
+    logprob_dtype: str = "float16",
+    **columns: Any,
+) -> pa.Table:
+    """Pack padded ``[N, T]`` trainer arrays into a schema-v1 step table (one row per response).
+
+    Parameters
+    ----------
+    step : int
+        Training step, >= 0.
+    token_ids, response_mask, entropy : array-like, shape (N, T)
+        Response token ids, 1 where a position is a real response token, and per-token entropy in
+        nats. Only masked positions are kept, in order.
+    logprob : array-like, shape (N, T), optional
+        Log-prob of each sampled token under the old policy.
+    logprob_dtype : {"float16", "float32"}, default "float16"
+        float32 costs about 3.5 more bytes per token.
+    **columns
+        Per-response ``[N]`` values (``reward``, ``advantage``, ``group_id``, ``prompt_index``, ``kept``,
+        ``correct``, ``score``, ``truncated``, ``prompt_text`` ... or any new name), per-token ``[N, T]``
+        arrays (stored as list columns, e.g. ``ratio``), or a list of N arrays (``prompt_token_ids``).
+        ``None`` values are skipped.
+
+    Returns
+    -------
+    pyarrow.Table
+        Columns ``step, sample_id, group_id, prompt_index, response_length, kept, ...,
+        token_ids, entropy, logprob, ...``; schema metadata carries the schema version.
+    """
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise BadInputError(f"step must be a non-negative integer, got {step!r}")
+    ids = token_ids if isinstance(token_ids, np.ndarray) else to_numpy(token_ids, "token_ids")
+    if ids.ndim != 2:
+        raise BadInputError(f"token_ids has shape {list(ids.shape)}, expected [N, T]")
+    mask = (response_mask if isinstance(response_mask, np.ndarray) else to_numpy(response_mask, "response_mask"))
+    _check_shape("response_mask", mask, ids.shape)
+    mask = mask.astype(bool, copy=False)
+    ent = entropy if isinstance(entropy, np.ndarray) else to_numpy(entropy, "entropy")
+    _check_shape("entropy", ent, ids.shape)
+    n = ids.shape[0]
+    lengths = mask.sum(axis=1, dtype=np.int32)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    offsets_arr = pa.array(offsets)
+
+    flat_entropy = ent[mask]
+    bad = int(np.count_nonzero(~np.isfinite(flat_entropy)))
+    if bad:
+        raise BadInputError(f"step {step}: entropy has {bad} NaN/inf values among response tokens")
+    if flat_entropy.size and float(flat_entropy.min()) < -1e-3:
+        raise BadInputError(f"step {step}: entropy has negative values (min {float(flat_entropy.min()):.4g})")
+
+    cols: dict[str, pa.Array] = {
+        "step": pa.array(np.full(n, step, dtype=np.int32)),
+        "sample_id": _scalar_column("sample_id", columns.pop("sample_id", np.arange(n, dtype=np.int32)), n),
+    }
+    for name in ("group_id", "prompt_index"):
+        value = columns.pop(name, None)
+        cols[name] = (_scalar_column(name, value, n) if value is not None
+                      else pa.nulls(n, KNOWN_SCALARS[name]))
+    cols["response_length"] = pa.array(lengths)
+    kept = columns.pop("kept", None)
+    cols["kept"] = _scalar_column("kept", np.ones(n, dtype=bool) if kept is None else kept, n)
+    for name in ("reward", "advantage"):
+        value = columns.pop(name, None)
+        if value is not None and to_numpy(value, name).ndim == 2:
+            value = _masked_row_mean(to_numpy(value, name), mask, name)  # token-level, constant in GRPO
+        cols[name] = _scalar_column(name, value, n) if value is not None else pa.nulls(n, pa.float32())
+
+    token_cols: dict[str, pa.Array] = {
+        "token_ids": _list_column(ids, mask, offsets_arr, np.int32),
+        "entropy": pa.ListArray.from_arrays(offsets_arr, pa.array(flat_entropy.astype(np.float16))),
+    }
+    if logprob is not None:
+        lp = logprob if isinstance(logprob, np.ndarray) else to_numpy(logprob, "logprob")
+        _check_shape("logprob", lp, ids.shape)
+        token_cols["logprob"] = _list_column(lp, mask, offsets_arr, FLOAT_DTYPES[logprob_dtype])
+    for name, value in columns.items():
+        if value is not None:
+            target = token_cols if _is_token_level(value, ids.shape) else cols
+            target[name] = _extra_column(name, value, mask, offsets_arr)
+    table = pa.table({**cols, **token_cols})
+    return table.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def _is_token_level(value: Any, shape: tuple[int, int]) -> bool:
+    return getattr(value, "shape", None) is not None and tuple(value.shape) == shape and len(shape) == 2
+
+
+def _masked_row_mean(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndarray:
+    _check_shape(name, values, mask.shape)
+    counts = np.maximum(mask.sum(axis=1), 1)
+    return (np.where(mask, values, 0).sum(axis=1) / counts).astype(np.float32)
+
+
+def check_table(table: pa.Table, source: str = "table") -> None:
+    """Raise `TraceFormatError` unless ``table`` has the schema-v1 core columns with their types."""
+    from wbtrace.errors import TraceFormatError
+
+    meta = table.schema.metadata or {}
+    version = int(meta.get(METADATA_KEY, b"1"))
+    if version > SCHEMA_VERSION:
+        raise TraceFormatError(
+            f"{source}: schema version {version} is newer than this wbtrace understands ({SCHEMA_VERSION}); "
+            "upgrade wbtrace"
+        )
+    for name in ("step", "sample_id", "token_ids", "entropy"):
+        if name not in table.column_names:
+            raise TraceFormatError(f"{source}: not a wbtrace step table (no column {name!r})")
+
+
+def extra_columns(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-None entries of ``mapping``: what ``write_step(**extra)`` passes on to `pack_step`."""
+    return {k: v for k, v in mapping.items() if v is not None}

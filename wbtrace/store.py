@@ -1,0 +1,216 @@
+"""The local trace store: one run directory, read side, and the file layout every other part shares.
+
+Layout of a run directory::
+
+    run.json                      schema version, wbtrace version, model, tokenizer, trainer config
+    vocab.parquet                 token id -> display text (see wbtrace.vocab)
+    manifest.jsonl                one line per committed step, with its statistics
+    steps/step_000050.parquet     one file per step, one row per response (see wbtrace.schema)
+
+The manifest names only whole files: the writer renames a step file into place, then appends its line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from wbtrace.errors import BadInputError, TraceFormatError
+from wbtrace.schema import SCHEMA_VERSION, check_table
+from wbtrace.vocab import Vocab
+
+log = logging.getLogger(__name__)
+
+RUN_JSON = "run.json"
+VOCAB_FILE = "vocab.parquet"
+MANIFEST = "manifest.jsonl"
+STEPS_DIR = "steps"
+_STEP_RE = re.compile(r"^step_(\d+)\.parquet$")
+
+
+def step_filename(step: int) -> str:
+    """``step_000050.parquet``: zero-padded so files sort in step order."""
+    return f"step_{step:06d}.parquet"
+
+
+def step_relpath(step: int) -> str:
+    return f"{STEPS_DIR}/{step_filename(step)}"
+
+
+def parse_step_filename(name: str) -> int | None:
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def read_manifest(path: Path) -> list[dict[str, Any]]:
+    """Manifest lines, skipping a torn last line (a crash in the middle of an append)."""
+    if not path.exists():
+        return []
+    entries = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s: line %d is not JSON (torn write?); ignored", path, i + 1)
+    return entries
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: temp file in the same dir, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def parse_steps(spec: str) -> tuple[int | None, int | None]:
+    """``"A:B"`` -> (A, B) inclusive; either side may be empty. ``"7"`` -> (7, 7)."""
+    try:
+        if ":" not in spec:
+            return int(spec), int(spec)
+        a, b = spec.split(":", 1)
+        return (int(a) if a.strip() else None, int(b) if b.strip() else None)
+    except ValueError:
+        raise BadInputError(f"bad step range {spec!r}: expected A:B, A:, :B or N") from None
+
+
+def format_steps(steps: list[int]) -> str:
+    """Compact listing for error messages: ``1-5, 8, 10-12``."""
+    if not steps:
+        return "none"
+    parts, start, prev = [], steps[0], steps[0]
+    for s in steps[1:] + [None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ", ".join(parts)
+
+
+class TraceStore:
+    """Read access to a local trace directory.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        A directory with ``run.json`` (written by `wbtrace.TraceWriter`, ``wbtrace pull`` or
+        ``wbtrace import-npz``).
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from wbtrace import TraceWriter, TraceStore
+    >>> d = tempfile.mkdtemp()
+    >>> with TraceWriter(d, vocab=["a", "b", "c"]) as w:
+    ...     w.write_step(1, token_ids=np.array([[0, 1], [2, 0]]), response_mask=np.array([[1, 1], [1, 0]]),
+    ...                  entropy=np.array([[0.1, 2.0], [0.5, 0.0]]))
+    True
+    >>> store = TraceStore(d)
+    >>> store.steps
+    [1]
+    >>> store.read_step(1).column("token_ids").to_pylist()
+    [[0, 1], [2]]
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        if not self.run_dir.is_dir():
+            raise TraceFormatError(f"{self.run_dir}: no such trace directory")
+        if not (self.run_dir / RUN_JSON).is_file():
+            hint = ""
+            if list((self.run_dir / STEPS_DIR).glob("step_*.npz")):
+                hint = " (it looks like a seed .npz trace: convert it with `wbtrace import-npz`)"
+            raise TraceFormatError(f"{self.run_dir} is not a wbtrace trace: no {RUN_JSON}{hint}")
+        version = self.run_info.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+            raise TraceFormatError(
+                f"{self.run_dir / RUN_JSON}: schema version {version!r} is not one this wbtrace reads "
+                f"(1..{SCHEMA_VERSION}); upgrade wbtrace"
+            )
+
+    @cached_property
+    def run_info(self) -> dict[str, Any]:
+        try:
+            info = json.loads((self.run_dir / RUN_JSON).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as e:
+            raise TraceFormatError(f"{self.run_dir / RUN_JSON}: unreadable ({e})") from None
+        if not isinstance(info, dict):
+            raise TraceFormatError(f"{self.run_dir / RUN_JSON}: not a JSON object")
+        return info
+
+    @property
+    def manifest(self) -> list[dict[str, Any]]:
+        """Committed steps' manifest lines, in step order, one per step."""
+        by_step = {e["step"]: e for e in read_manifest(self.run_dir / MANIFEST) if isinstance(e.get("step"), int)}
+        return [by_step[s] for s in sorted(by_step)]
+
+    @property
+    def steps(self) -> list[int]:
+        """Steps whose files are committed: named in the manifest (or, with no manifest, present on disk)."""
+        manifest = self.manifest
+        if manifest:
+            return [e["step"] for e in manifest if (self.run_dir / e.get("file", step_relpath(e["step"]))).exists()]
+        found = (parse_step_filename(p.name) for p in (self.run_dir / STEPS_DIR).glob("step_*.parquet"))
+        return sorted(s for s in found if s is not None)
+
+    @cached_property
+    def vocab(self) -> Vocab:
+        return Vocab.read(self.run_dir / VOCAB_FILE)
+
+    def step_path(self, step: int) -> Path:
+        return self.run_dir / step_relpath(step)
+
+    def select(self, steps: Iterable[int] | None = None, step_range: str | None = None) -> list[int]:
+        """Steps to work on: the given ones (each must exist), those in ``"A:B"``, or all."""
+        have = self.steps
+        if steps:
+            missing = sorted(set(steps) - set(have))
+            if missing:
+                raise BadInputError(
+                    f"step {format_steps(missing)} not in {self.run_dir}; it has steps {format_steps(have)}"
+                )
+            chosen = set(steps)
+        else:
+            chosen = set(have)
+        if step_range:
+            lo, hi = parse_steps(step_range)
+            chosen = {s for s in chosen if (lo is None or s >= lo) and (hi is None or s <= hi)}
+        return sorted(chosen)
+
+    def read_step(self, step: int, columns: list[str] | None = None) -> pa.Table:
+        """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset."""
+        path = self.step_path(step)
+        if not path.exists():
+            raise BadInputError(f"step {step} not in {self.run_dir}; it has steps {format_steps(self.steps)}")
+        try:
+            table = pq.read_table(path, columns=columns)
+        except (pa.ArrowInvalid, OSError) as e:
+            raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
+        if columns is None:
+            check_table(table, str(path))
+        return table
+
+    def iter_steps(self, steps: Iterable[int] | None = None, columns: list[str] | None = None
+                   ) -> Iterator[tuple[int, pa.Table]]:
+        """Yield ``(step, table)`` one step at a time, so memory holds one step, not the run."""
+        for step in (self.steps if steps is None else steps):
+            yield step, self.read_step(step, columns)

@@ -1,0 +1,147 @@
+"""Token id -> display text, stored once per run as ``vocab.parquet`` so export needs no tokenizer.
+
+Byte-level BPE pieces (GPT-2, Qwen, SmolLM2: "Ġ" for a space, "Ċ" for a newline) are mapped back to
+the bytes they stand for; SentencePiece pieces ("▁", "<0x0A>") likewise. A piece whose bytes are not
+valid UTF-8 on their own (one part of a multi-byte character) is shown as its bytes, ``<0xE2><0x80>``;
+joining the ``bytes`` column of consecutive tokens and decoding gives the real text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+VOCAB_SCHEMA = pa.schema([("id", pa.int32()), ("piece", pa.string()), ("text", pa.string()), ("bytes", pa.binary())])
+_SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Inverse of GPT-2's ``bytes_to_unicode``: printable stand-in character -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def piece_bytes(piece: str, byte_level: bool) -> bytes | None:
+    """The bytes a vocabulary piece stands for, or None when it is not a byte sequence (special tokens)."""
+    if byte_level:
+        dec = _byte_decoder()
+        if all(ch in dec for ch in piece):
+            return bytes(dec[ch] for ch in piece)
+        return None
+    m = _SP_BYTE.match(piece)
+    if m:
+        return bytes([int(m.group(1), 16)])
+    return piece.replace("▁", " ").encode("utf-8")
+
+
+def display_text(raw: bytes | None, piece: str) -> str:
+    """Readable text for one token: UTF-8 when it decodes, else ``<0xNN>`` per byte; specials as-is."""
+    if raw is None:
+        return piece
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" for b in raw)
+
+
+def _is_byte_level(tokenizer: Any, pieces: Sequence[str]) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    decoder = getattr(backend, "decoder", None) if backend is not None else None
+    if decoder is not None:
+        return "ByteLevel" in repr(decoder)
+    dec = _byte_decoder()
+    sample = [p for p in pieces[:2000] if p]
+    return bool(sample) and sum(all(c in dec for c in p) for p in sample) > 0.95 * len(sample)
+
+
+def build_vocab(tokenizer: Any = None, pieces: Sequence[str] | None = None, byte_level: bool | None = None) -> pa.Table:
+    """Build the vocab table from a Hugging Face tokenizer or a list of pieces (index = token id).
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer, optional
+        Its ``convert_ids_to_tokens`` gives the pieces; added special tokens keep their text.
+    pieces : sequence of str, optional
+        Used when no tokenizer is given.
+    byte_level : bool, optional
+        Force or forbid byte-level BPE decoding; detected when None.
+
+    Examples
+    --------
+    >>> build_vocab(pieces=["Hello", "Ġworld", "Ċ"]).column("text").to_pylist()
+    ['Hello', ' world', '\\n']
+    """
+    if tokenizer is not None:
+        pieces = [p if p is not None else "" for p in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    if pieces is None:
+        raise ValueError("build_vocab needs a tokenizer or a list of pieces")
+    if byte_level is None:
+        byte_level = _is_byte_level(tokenizer, pieces)
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or []) if tokenizer is not None else set()
+    raws = [None if p in specials else piece_bytes(p, byte_level) for p in pieces]
+    texts = [display_text(r, p) for r, p in zip(raws, pieces)]
+    return pa.table(
+        [pa.array(np.arange(len(pieces), dtype=np.int32)), pa.array(list(pieces), pa.string()),
+         pa.array(texts, pa.string()), pa.array(raws, pa.binary())],
+        schema=VOCAB_SCHEMA,
+    )
+
+
+class Vocab:
+    """Lookup of display text by token id; unknown ids show as ``<id:N>``.
+
+    Examples
+    --------
+    >>> v = Vocab(build_vocab(pieces=["a", "Ġb"]))
+    >>> v.text(1), v.text(99), v.decode([0, 1])
+    (' b', '<id:99>', 'a b')
+    """
+
+    def __init__(self, table: pa.Table | None) -> None:
+        self.table = table
+        n = table.num_rows if table is not None else 0
+        self.texts = np.array(table.column("text").to_pylist() if n else [], dtype=object)
+        self._bytes = table.column("bytes").to_pylist() if n and "bytes" in table.column_names else [None] * n
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    @classmethod
+    def read(cls, path: Path) -> Vocab:
+        return cls(pq.read_table(path) if Path(path).exists() else None)
+
+    def text(self, token_id: int) -> str:
+        return self.texts[token_id] if 0 <= token_id < len(self.texts) else f"<id:{token_id}>"
+
+    def texts_for(self, ids: np.ndarray) -> np.ndarray:
+        """Vectorised `text` for an array of ids (object array of str)."""
+        ids = np.asarray(ids)
+        out = np.empty(len(ids), dtype=object)
+        ok = (ids >= 0) & (ids < len(self.texts))
+        out[ok] = self.texts[ids[ok]]
+        for i in np.flatnonzero(~ok):
+            out[i] = f"<id:{int(ids[i])}>"
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of a token sequence, multi-byte characters split across tokens joined correctly."""
+        parts: list[bytes] = []
+        for i in ids:
+            raw = self._bytes[i] if 0 <= i < len(self._bytes) else None
+            parts.append(raw if raw is not None else self.text(int(i)).encode("utf-8"))
+        return b"".join(parts).decode("utf-8", errors="replace")
