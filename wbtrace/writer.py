@@ -36,8 +36,17 @@ from wbtrace.errors import BadInputError
 from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
 from wbtrace.sinks.base import TraceSink
 from wbtrace.stats import DEFAULT_THRESHOLD, step_stats
-from wbtrace.store import (MANIFEST, RUN_JSON, STEPS_DIR, VOCAB_FILE, TraceStore, atomic_write_bytes,
-                           parse_step_filename, read_manifest, step_relpath)
+from wbtrace.store import (
+    MANIFEST,
+    RUN_JSON,
+    STEPS_DIR,
+    VOCAB_FILE,
+    TraceStore,
+    atomic_write_bytes,
+    parse_step_filename,
+    read_manifest,
+    step_relpath,
+)
 from wbtrace.vocab import build_vocab
 
 log = logging.getLogger("wbtrace")

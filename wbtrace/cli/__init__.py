@@ -1,14 +1,14 @@
 """Command-line interface: `wbtrace <command>`. Each module below adds its commands to `main`."""
 
-from wbtrace.cli.app import main
 from wbtrace.cli import (  # noqa: F401  (imported for their commands)
-    inspect,
     export,
-    pull,
+    inspect,
     mirror,
-    view,
+    pull,
     train,
+    view,
     wandb_cmds,
 )
+from wbtrace.cli.app import main
 
 __all__ = ["main"]

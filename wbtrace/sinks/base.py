@@ -20,17 +20,17 @@ class TraceSink(ABC):
 
     name: str = "sink"
 
-    def log_run(self, run_dir: Path, run_info: dict[str, Any]) -> None:
+    def log_run(self, run_dir: Path, run_info: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Called once, after ``run.json`` and ``vocab.parquet`` exist in ``run_dir``."""
 
     @abstractmethod
     def log_step(self, step: int, step_file: Path, stats: dict[str, Any], table: pa.Table) -> None:
         """Log one committed step: its Parquet file, its statistics (the manifest line) and its table."""
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:  # noqa: B027
         """Trainer scalars (reward, accuracy, timings...) for this step."""
 
-    def finish(self, status: str = "success") -> None:
+    def finish(self, status: str = "success") -> None:  # noqa: B027
         """Flush and close. ``status`` is ``"success"`` or ``"failed"``."""
 
 

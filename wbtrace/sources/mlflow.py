@@ -1,0 +1,121 @@
+"""The MLflow source: bring a trace that `MlflowSink` or ``wbtrace mirror`` put in an MLflow run back home.
+
+Reads ``entropy_trace/run.json``, ``entropy_trace/vocab.parquet`` and ``entropy_trace/steps/*.parquet``
+from the run's artifacts and writes the local layout through `wbtrace.sources.pull.LocalTraceDir`
+(manifest rebuilt from the files with `wbtrace.stats.step_stats`). Artifact names are untrusted: only
+``step_<digits>.parquet`` names count as steps, and local names are built from the step number.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from wbtrace.errors import SourceError
+from wbtrace.sinks.mlflow import ARTIFACT_ROOT, STEPS_ARTIFACT_DIR, check_reachable, make_client
+from wbtrace.store import RUN_JSON, VOCAB_FILE, format_steps, parse_step_filename
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+    from mlflow.entities import FileInfo
+
+Progress = Callable[[int, int], None]
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The explicit URI, else ``MLFLOW_TRACKING_URI``; a source has no embedded default to fall back on."""
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise SourceError("no MLflow tracking URI: pass --tracking-uri URI or set MLFLOW_TRACKING_URI")
+    return uri
+
+
+def connect(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    """A client for the URI, after a 2 s reachability probe (MLflow's own retries take minutes)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_reachable(uri)
+    return make_client(uri), uri
+
+
+def get_run_or_fail(client: MlflowClient, run_id: str, uri: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if getattr(e, "error_code", "") == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower():
+            raise SourceError(f"no MLflow run {run_id!r} at {uri}") from None
+        raise SourceError(f"MLflow at {uri} failed on run {run_id!r}: {str(e).splitlines()[0]}") from None
+
+
+def list_step_artifacts(client: MlflowClient, run_id: str) -> dict[int, FileInfo]:
+    """``{step: FileInfo}`` of the run's step files (names that are not step files are ignored)."""
+    found = {}
+    for info in client.list_artifacts(run_id, STEPS_ARTIFACT_DIR):
+        name = info.path.rsplit("/", 1)[-1]
+        step = parse_step_filename(name)
+        if step is not None and not info.is_dir and info.path == f"{STEPS_ARTIFACT_DIR}/{name}":
+            found[step] = info
+    return found
+
+
+def _empty_vocab() -> bytes:
+    """A trace written without a tokenizer has no vocab.parquet; the local layout still wants one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wbtrace.vocab import build_vocab
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(build_vocab(pieces=[]), buf)
+    return buf.getvalue().to_pybytes()
+
+
+def pull_mlflow(run_id: str, steps: list[int] | None, dest: Path, tracking_uri: str | None = None,
+                progress: Progress | None = None) -> Path:
+    """Download steps of an MLflow run into a local trace dir and return it.
+
+    Parameters
+    ----------
+    run_id : str
+        The MLflow run that holds ``entropy_trace/``.
+    steps : list of int or None
+        Steps to pull; None pulls every step the run has.
+    dest : Path
+        Local trace dir (created; pulling more steps later merges into it).
+    tracking_uri : str, optional
+        Default: ``MLFLOW_TRACKING_URI``.
+    """
+    from wbtrace.sources.pull import LocalTraceDir
+
+    client, uri = connect(tracking_uri)
+    get_run_or_fail(client, run_id, uri)
+    top = {i.path.rsplit("/", 1)[-1] for i in client.list_artifacts(run_id, ARTIFACT_ROOT)}
+    if RUN_JSON not in top:
+        raise SourceError(f"MLflow run {run_id} has no wbtrace trace (no {ARTIFACT_ROOT}/{RUN_JSON})")
+    listed = list_step_artifacts(client, run_id)
+    available = sorted(listed)
+    wanted = available if steps is None else sorted(set(int(s) for s in steps))
+    missing = [s for s in wanted if s not in set(available)]
+    if missing:
+        raise SourceError(f"step {format_steps(missing)} not in MLflow run {run_id}; "
+                          f"it has steps {format_steps(available)}")
+    out = LocalTraceDir(dest)
+    with tempfile.TemporaryDirectory(prefix="wbtrace-mlflow-") as tmp:
+        files = {}
+        for name in (RUN_JSON, VOCAB_FILE):
+            if name in top:
+                files[name] = Path(client.download_artifacts(run_id, f"{ARTIFACT_ROOT}/{name}", tmp))
+        run_json = files[RUN_JSON].read_bytes()
+        vocab = files[VOCAB_FILE].read_bytes() if VOCAB_FILE in files else _empty_vocab()
+        out.add_run_files(run_json, vocab)
+        for i, step in enumerate(wanted, 1):
+            local = Path(client.download_artifacts(run_id, listed[step].path, tmp))
+            out.add_step(step, local)
+            local.unlink()
+            if progress:
+                progress(i, len(wanted))
+    return out.close()

@@ -1,0 +1,193 @@
+"""Shared `pull` logic: choose steps, then write downloaded files into the local trace layout.
+
+Every source (W&B API, W&B offline run dir, MLflow) ends here, so a pulled trace has the exact layout
+the local store reads (``run.json``, ``vocab.parquet``, ``manifest.jsonl``, ``steps/step_%06d.parquet``)
+and ``wbtrace ls/stats/show/export`` work on it. Destination names are built here from step numbers,
+never taken from the source: artifact file names are untrusted. Files land whole or not at all
+(temporary name, then rename), and pulling more steps later into the same folder merges the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from wbtrace.errors import BadInputError, SourceError, TraceFormatError
+from wbtrace.store import (
+    MANIFEST,
+    RUN_JSON,
+    VOCAB_FILE,
+    format_steps,
+    parse_steps,
+    read_manifest,
+    step_relpath,
+)
+
+Progress = Callable[[int, int], None]  # (done, total)
+RUN_FILES = (RUN_JSON, VOCAB_FILE)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """Which steps to pull: explicit ``--step`` values, inclusive ``--steps A:B`` ranges, or ``--all``."""
+
+    steps: tuple[int, ...] = ()
+    ranges: tuple[tuple[int, int], ...] = ()
+    all: bool = False
+
+    @classmethod
+    def parse(cls, steps: Iterable[int] = (), ranges: Iterable[str] = (), all: bool = False) -> StepSpec:
+        """Build from CLI values; a range is ``A:B`` (both ends included, either may be omitted)."""
+        parsed = []
+        for text in ranges:
+            try:
+                lo, hi = parse_steps(str(text))
+            except BadInputError as e:
+                raise SourceError(str(e)) from None
+            parsed.append((0 if lo is None else lo, 2**63 if hi is None else hi))
+        spec = cls(tuple(int(s) for s in steps), tuple(parsed), bool(all))
+        if not (spec.steps or spec.ranges or spec.all):
+            raise SourceError("choose steps: --step N (repeatable), --steps A:B or --all")
+        return spec
+
+    @property
+    def only_explicit(self) -> bool:
+        """True when the steps are known without listing the source (no range, no --all)."""
+        return not (self.ranges or self.all)
+
+    def resolve(self, available: Iterable[int]) -> list[int]:
+        """The requested steps among ``available``; a missing explicit step raises, listing what exists."""
+        available = sorted(set(available))
+        have = set(available)
+        missing = [s for s in self.steps if s not in have]
+        if missing:
+            raise SourceError(
+                f"step {format_steps(missing)} not found; steps that exist: {format_steps(available)}"
+            )
+        chosen = set(self.steps)
+        if self.all:
+            chosen |= have
+        for lo, hi in self.ranges:
+            chosen |= {s for s in available if lo <= s <= hi}
+        if not chosen:
+            raise SourceError(f"no step in the requested range; steps that exist: {format_steps(available)}")
+        return sorted(chosen)
+
+
+def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if src is not None:
+                with open(src, "rb") as s:
+                    shutil.copyfileobj(s, f, 1 << 20)
+            else:
+                f.write(data or b"")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest line of a pulled step: statistics recomputed from the file, the source's extras kept."""
+    import pyarrow.parquet as pq
+
+    from wbtrace.stats import DEFAULT_THRESHOLD, step_stats
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # any pyarrow failure means the download is not a step file
+        raise TraceFormatError(f"step {step}: the downloaded file is not readable Parquet ({e})") from None
+    threshold = given.get("threshold", DEFAULT_THRESHOLD)
+    line = {k: v for k, v in given.items() if not k.startswith("_") and k != "schema_version"}
+    line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size})
+    line.update(step_stats(table, float(threshold)))
+    return line
+
+
+class LocalTraceDir:
+    """Writes pulled files into a local trace dir; call `add_run_files`, `add_step` (any number), `close`.
+
+    ``stats`` given to `add_step` (e.g. an artifact's metadata, which the sinks fill from the manifest
+    line) become the step's manifest line; ``step``, ``file``, ``bytes``, ``n_responses`` and
+    ``n_tokens`` are always recomputed from the file itself.
+    """
+
+    def __init__(self, dest: str | Path) -> None:
+        self.dest = Path(dest)
+        self.dest.mkdir(parents=True, exist_ok=True)
+        self._lines: dict[int, dict[str, Any]] = self._read_manifest()
+
+    def _read_manifest(self) -> dict[int, dict[str, Any]]:
+        return {e["step"]: e for e in read_manifest(self.dest / MANIFEST) if isinstance(e.get("step"), int)}
+
+    def add_run_files(self, run_json: bytes | Path, vocab: bytes | Path) -> None:
+        """Write ``run.json`` and ``vocab.parquet``; refuse a folder that holds a different run."""
+        new = run_json.read_bytes() if isinstance(run_json, Path) else run_json
+        try:
+            json.loads(new)
+        except ValueError:
+            raise TraceFormatError("the source's run.json is not JSON") from None
+        old_path = self.dest / RUN_JSON
+        if old_path.exists() and self._lines and old_path.read_bytes() != new:
+            raise SourceError(f"{self.dest} already holds a different run: choose another --dest")
+        for name, content in ((RUN_JSON, new), (VOCAB_FILE, vocab)):
+            if isinstance(content, Path):
+                _atomic_write(self.dest / name, src=content)
+            else:
+                _atomic_write(self.dest / name, data=content)
+
+    def add_step(self, step: int, src: bytes | Path, stats: Mapping[str, Any] | None = None) -> Path:
+        """Write one step's Parquet file (a path to copy, or bytes) and remember its manifest line."""
+        step = int(step)
+        dest = self.dest / step_relpath(step)
+        if isinstance(src, Path):
+            _atomic_write(dest, src=src)
+        else:
+            _atomic_write(dest, data=src)
+        self._lines[step] = _step_line(dest, step, stats or {})
+        return dest
+
+    def close(self) -> Path:
+        """Write ``manifest.jsonl`` (sorted by step) atomically and return the trace dir."""
+        text = "".join(json.dumps(self._lines[s], separators=(",", ":")) + "\n" for s in sorted(self._lines))
+        _atomic_write(self.dest / MANIFEST, data=text.encode())
+        return self.dest
+
+
+def write_local_trace(
+    dest: str | Path,
+    run_json: bytes | Path,
+    vocab: bytes | Path,
+    steps: Mapping[int, bytes | Path],
+    stats: Mapping[int, Mapping[str, Any]] | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a local trace dir from a run's ``run.json``/``vocab.parquet`` and its step files.
+
+    The one-call form of `LocalTraceDir` for sources that have everything at hand.
+    """
+    out = LocalTraceDir(dest)
+    out.add_run_files(run_json, vocab)
+    for i, step in enumerate(sorted(steps), 1):
+        out.add_step(step, steps[step], (stats or {}).get(step))
+        if progress:
+            progress(i, len(steps))
+    return out.close()
+
+
+def safe_join(root: str | Path, name: str) -> Path:
+    """``root/name`` for an untrusted relative ``name``; raises if it would leave ``root``."""
+    root = Path(root).resolve()
+    target = (root / name).resolve()
+    if os.path.isabs(name) or not target.is_relative_to(root):
+        raise SourceError(f"refusing a file name that leaves its folder: {name!r}")
+    return target

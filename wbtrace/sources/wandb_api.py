@@ -1,0 +1,118 @@
+"""Pull steps of a trace from W&B through `wandb.Api`: ``api.artifact("e/p/wbtrace-<run>:step-N")``.
+
+Only this boundary is faked in tests (no W&B server can run here); the surface used is
+``api.run(path)``, ``api.artifact(name, type=...)``, ``api.artifacts(type_name, name)`` and
+``artifact.download(root)`` / ``.metadata`` / ``.aliases``. Downloads go to a temporary folder and
+only the expected names (``run.json``, ``vocab.parquet``, the step file) are copied into the trace dir.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wbtrace.errors import SourceError, require
+from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, format_steps, safe_join
+from wbtrace.store import RUN_JSON, VOCAB_FILE, step_relpath
+
+ARTIFACT_TYPE = "entropy-trace"  # same as wbtrace.sinks.wandb.ARTIFACT_TYPE (not imported: sinks stay apart)
+NO_LOGIN = "not logged in to W&B: run `wandb login` or set WANDB_API_KEY"
+
+
+def parse_run_ref(ref: str, entity: str | None = None, project: str | None = None) -> tuple[str | None, str, str]:
+    """``run_id``, ``project/run_id``, ``entity/project/run_id`` or ``entity/project/runs/run_id``."""
+    parts = [p for p in ref.strip("/").split("/") if p]
+    if len(parts) == 4 and parts[2] == "runs":
+        parts = [parts[0], parts[1], parts[3]]
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    if len(parts) == 2:
+        return entity, parts[0], parts[1]
+    if len(parts) == 1 and project:
+        return entity, project, parts[0]
+    if len(parts) == 1:
+        raise SourceError(f"which project holds run {ref!r}? Pass entity/project/{ref}, --project or WANDB_PROJECT")
+    raise SourceError(f"bad run reference {ref!r}: expected RUN_ID or ENTITY/PROJECT/RUN_ID")
+
+
+def make_api() -> Any:
+    """A `wandb.Api`, or `SourceError` when not logged in (`MissingDependencyError` without wandb)."""
+    wandb = require("wandb", "wandb")
+    try:
+        return wandb.Api()
+    except wandb.errors.UsageError as e:
+        raise SourceError(NO_LOGIN) from e
+
+
+def _lookup_errors() -> tuple[type[BaseException], ...]:
+    wandb = require("wandb", "wandb")
+    return (wandb.errors.CommError, ValueError)  # RunNotFoundError is a ValueError
+
+
+def available_steps(api: Any, base: str, run_id: str) -> list[int]:
+    """Steps with an artifact version (alias ``step-N``) in ``base`` (``entity/project``)."""
+    try:
+        versions: Iterable[Any] = api.artifacts(ARTIFACT_TYPE, f"{base}/wbtrace-{run_id}")
+        aliases = [a for v in versions for a in v.aliases]
+    except _lookup_errors():
+        return []
+    return sorted({int(a[5:]) for a in aliases if a.startswith("step-") and a[5:].isdigit()})
+
+
+def pull_wandb(ref: str, spec: StepSpec, dest: str | Path | None = None, *, entity: str | None = None,
+               project: str | None = None, api: Any = None, progress: Progress | None = None) -> Path:
+    """Pull steps of a W&B run's trace into a local trace dir (default ``./wbtrace-<run_id>``)."""
+    entity, project, run_id = parse_run_ref(ref, entity, project)
+    api = api if api is not None else make_api()
+    base = f"{entity}/{project}" if entity else project
+    try:
+        api.run(f"{base}/{run_id}")
+    except _lookup_errors() as e:
+        raise SourceError(f"unknown W&B run {base}/{run_id} ({_first_line(e)})") from None
+    steps = list(spec.steps) if spec.only_explicit else spec.resolve(available_steps(api, base, run_id))
+    out = LocalTraceDir(dest if dest is not None else Path(f"wbtrace-{run_id}"))
+    for i, step in enumerate(steps, 1):
+        art = _artifact(api, base, run_id, step)
+        with tempfile.TemporaryDirectory(prefix="wbtrace-pull-") as tmp:
+            art.download(root=tmp)
+            root = Path(tmp)
+            step_file = _step_file(root, step)
+            if i == 1:
+                out.add_run_files(_need(root, RUN_JSON, step), _need(root, VOCAB_FILE, step))
+            out.add_step(step, step_file, dict(art.metadata or {}))
+        if progress:
+            progress(i, len(steps))
+    return out.close()
+
+
+def _artifact(api: Any, base: str, run_id: str, step: int) -> Any:
+    try:
+        return api.artifact(f"{base}/wbtrace-{run_id}:step-{step}", type=ARTIFACT_TYPE)
+    except _lookup_errors():
+        have = available_steps(api, base, run_id)
+        raise SourceError(f"step {step} not found in W&B run {base}/{run_id}; steps that exist: "
+                          f"{format_steps(have)}") from None
+
+
+def _need(root: Path, name: str, step: int) -> Path:
+    path = safe_join(root, name)
+    if not path.is_file():
+        raise SourceError(f"the step-{step} artifact has no {name}: it was not logged by wbtrace")
+    return path
+
+
+def _step_file(root: Path, step: int) -> Path:
+    path = safe_join(root, step_relpath(step))
+    if path.is_file():
+        return path
+    found = sorted(p for p in (root / "steps").glob("*.parquet") if p.is_file()) if (root / "steps").is_dir() else []
+    if len(found) != 1:
+        raise SourceError(f"the step-{step} artifact has no single steps/*.parquet file")
+    return found[0]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
