@@ -11,26 +11,19 @@ import html
 import math
 from collections.abc import Sequence
 
-# Colour stops (entropy as a fraction of `vmax`): white (sure) -> amber -> red (forking).
-_STOPS = ((0.0, (255, 255, 255)), (0.5, (253, 224, 138)), (1.0, (239, 68, 68)))
-DEFAULT_VMAX = 2.0  # nats; forking tokens in "Beyond the 80/20 Rule" sit around 0.7-2 nats
+from wbtrace.palette import entropy_hex
+
 DEFAULT_THRESHOLD = 0.672  # the paper's 80th percentile
 
 
-def entropy_color(h: float, vmax: float = DEFAULT_VMAX) -> str:
-    """CSS colour ``#rrggbb`` for entropy ``h`` (nats): white at 0, amber at ``vmax/2``, red at ``vmax``.
+def entropy_color(h: float | None) -> str:
+    """CSS colour ``#rrggbb`` for entropy ``h`` (nats), on the shared scale of `wbtrace.palette`.
 
-    NaN (a missing value) is grey; values beyond ``vmax`` are clipped to red.
+    NaN (a missing value) is grey.
     """
     if h is None or math.isnan(h):
         return "#d1d5db"
-    t = min(max(float(h) / vmax, 0.0), 1.0) if vmax > 0 else 1.0
-    for (t0, c0), (t1, c1) in zip(_STOPS, _STOPS[1:], strict=False):
-        if t <= t1:
-            f = (t - t0) / (t1 - t0)
-            r, g, b = (round(a + (b_ - a) * f) for a, b_ in zip(c0, c1, strict=True))
-            return f"#{r:02x}{g:02x}{b:02x}"
-    return "#{:02x}{:02x}{:02x}".format(*_STOPS[-1][1])
+    return entropy_hex(float(h))
 
 
 def _visible(text: str) -> str:
@@ -42,7 +35,6 @@ def token_spans_html(
     tokens: Sequence[str],
     entropies: Sequence[float],
     *,
-    vmax: float = DEFAULT_VMAX,
     threshold: float | None = DEFAULT_THRESHOLD,
     wrap: bool = True,
 ) -> str:
@@ -54,8 +46,6 @@ def token_spans_html(
         Display text of each token (untrusted: escaped here).
     entropies : sequence of float
         Entropy in nats for each token, same length as ``tokens``.
-    vmax : float, default 2.0
-        Entropy that maps to full red.
     threshold : float or None, default 0.672
         Tokens at or above it are underlined (the "forking" tokens); None turns this off.
     wrap : bool, default True
@@ -65,14 +55,14 @@ def token_spans_html(
     --------
     >>> token_spans_html(["<b>", "x"], [0.0, 3.0], wrap=False)  # doctest: +NORMALIZE_WHITESPACE
     '<span style="background:#ffffff" title="H=0.000">&lt;b&gt;</span><span
-    style="background:#ef4444;text-decoration:underline" title="H=3.000">x</span>'
+    style="background:#d21a27;text-decoration:underline" title="H=3.000">x</span>'
     """
     if len(tokens) != len(entropies):
         raise ValueError(f"{len(tokens)} tokens but {len(entropies)} entropies")
     spans = []
     for text, h in zip(tokens, entropies, strict=True):
         h = float("nan") if h is None else float(h)
-        style = f"background:{entropy_color(h, vmax)}"
+        style = f"background:{entropy_color(h)}"
         if threshold is not None and h >= threshold:
             style += ";text-decoration:underline"
         title = "H=nan" if math.isnan(h) else f"H={h:.3f}"

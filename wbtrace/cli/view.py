@@ -1,0 +1,55 @@
+"""`wbtrace view`: the offline viewer, as one self-contained HTML file or served on 127.0.0.1."""
+
+from __future__ import annotations
+
+import webbrowser
+from pathlib import Path
+
+import click
+
+from wbtrace.cli.app import main
+
+
+@main.command()
+@click.argument("trace_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--steps", default=None, metavar="SPEC",
+              help="Steps to include: N, N,M,..., A:B (inclusive) or last. Default: the latest steps "
+                   "within ~4.5M tokens (all steps with --serve).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="HTML file to write [default: TRACE_DIR/report.html].")
+@click.option("--threshold", type=float, default=None,
+              help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
+@click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
+@click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
+@click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
+def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
+         serve: bool, port: int) -> None:
+    """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
+
+    \b
+    Example:
+        wbtrace view outputs/demo/entropy_trace -o report.html --open
+        wbtrace view outputs/demo/entropy_trace --steps 40:50
+        wbtrace view outputs/big_run/entropy_trace --serve
+    """
+    from wbtrace.viewer import ViewerApp, make_server, write_report
+
+    if not serve:
+        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold)
+        click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+        if open_browser:
+            webbrowser.open(out.resolve().as_uri())
+        return
+    app = ViewerApp(trace_dir, steps=steps, threshold=threshold)
+    try:
+        server = make_server(app, "127.0.0.1", port)
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    click.echo(f"Serving {trace_dir} ({len(app.steps)} steps) on {url}  (Ctrl-C stops)")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

@@ -1,0 +1,158 @@
+"""Assemble the self-contained HTML report: template + inlined vega/vega-lite/vega-embed + viewer JS + data.
+
+Nothing in the page loads from the network: the vendored libraries (``static/``, MIT/BSD licensed,
+licenses alongside) are inlined, and a Content-Security-Policy forbids any other origin. Data sits in
+``<script type="application/json">`` blocks with ``<``, ``>`` and ``&`` escaped, so no token text can
+close the block; the JS builds every DOM node with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from wbtrace import palette, stats
+from wbtrace.errors import BadInputError
+from wbtrace.store import TraceStore, format_steps
+from wbtrace.viewer.charts import chart_specs
+from wbtrace.viewer.data import run_summary, step_payload, used_token_ids, vocab_payload
+
+log = logging.getLogger(__name__)
+
+VENDOR = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
+# Inline-file budget: beyond this many tokens a single HTML file gets slow to open; use --serve.
+MAX_INLINE_TOKENS = 4_500_000
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_JSON_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
+
+
+def static_text(name: str) -> str:
+    return resources.files("wbtrace.viewer").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def json_for_script(obj: Any) -> str:
+    """JSON that is safe inside a ``<script type="application/json">`` element, whatever its strings hold."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _JSON_ESCAPE_RE.sub(lambda m: _JSON_ESCAPES[m.group(0)], text)
+
+
+def _script_js(code: str) -> str:
+    # A literal "</script" inside inlined code would end the element early.
+    return "<script>" + re.sub(r"</(script)", r"<\\/\1", code, flags=re.IGNORECASE) + "</script>"
+
+
+def _json_block(element_id: str, obj: Any) -> str:
+    return f'<script type="application/json" id="{element_id}">{json_for_script(obj)}</script>'
+
+
+def resolve_steps(store: TraceStore, spec: str | None, budget: int | None = MAX_INLINE_TOKENS) -> list[int]:
+    """Steps to include: ``"7"``, ``"1,5,9"``, ``"A:B"`` (inclusive), ``"last"``; default all within ``budget``.
+
+    With no ``spec`` the latest steps whose tokens fit in ``budget`` are chosen (at least one).
+    """
+    have = store.steps
+    if not have:
+        raise BadInputError(f"{store.run_dir} has no committed steps yet")
+    if spec is None or spec.strip() == "":
+        if budget is None:
+            return have
+        tokens = {e["step"]: int(e.get("n_tokens", 0)) for e in store.manifest}
+        chosen, total = [], 0
+        for s in reversed(have):
+            total += tokens.get(s, 0)
+            if chosen and total > budget:
+                log.warning("trace has %d steps; the report holds the latest %d (pass --steps or use --serve "
+                            "for the rest)", len(have), len(chosen))
+                break
+            chosen.append(s)
+        return sorted(chosen)
+    spec = spec.strip()
+    if spec == "last":
+        return [have[-1]]
+    if ":" in spec:
+        chosen = store.select(step_range=spec)
+        if not chosen:
+            raise BadInputError(f"no step in {spec!r}; the trace has steps {format_steps(have)}")
+        return chosen
+    try:
+        wanted = [int(s) for s in spec.split(",") if s.strip()]
+    except ValueError:
+        raise BadInputError(f"bad --steps {spec!r}: expected N, N,M,..., A:B or last") from None
+    return store.select(steps=wanted)
+
+
+def default_threshold(store: TraceStore) -> float:
+    """The threshold the trace's statistics used (manifest), else the paper's 0.672."""
+    for entry in reversed(store.manifest):
+        if isinstance(entry.get("threshold"), (int, float)):
+            return float(entry["threshold"])
+    return stats.DEFAULT_THRESHOLD
+
+
+def render_page(meta: dict[str, Any], blocks: list[str]) -> str:
+    """The HTML page: template with CSS, vendored JS, viewer JS, and data blocks inlined."""
+    title = "wbtrace: " + Path(meta.get("run_dir", "trace")).name
+    page = static_text("template.html")
+    vendor = "\n".join(_script_js(static_text(name)) for name in VENDOR)
+    data = _json_block("wbtrace-meta", meta) + "\n" + "\n".join(blocks)
+    # One pass of replacements whose values are never searched again (token text cannot inject a marker).
+    parts = {"@@TITLE@@": _html_text(title), "@@CSS@@": static_text("viewer.css"), "@@VENDOR@@": vendor,
+             "@@DATA@@": data, "@@APP@@": _script_js(static_text("viewer.js"))}
+    return re.sub("@@(TITLE|CSS|VENDOR|DATA|APP)@@", lambda m: parts[m.group(0)], page)
+
+
+def _html_text(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dict, mode: str) -> dict[str, Any]:
+    meta = run_summary(store, steps, threshold, specs)
+    # the JS heatmap interpolates these stops exactly like wbtrace.palette.entropy_rgb
+    meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]}})
+    return meta
+
+
+def build_report(trace_dir: str | Path, steps: str | None = None, threshold: float | None = None) -> str:
+    """The self-contained HTML report of ``trace_dir`` as a string (see `write_report`)."""
+    store = TraceStore(trace_dir)
+    chosen = resolve_steps(store, steps)
+    total = sum(int(e.get("n_tokens", 0)) for e in store.manifest if e["step"] in set(chosen))
+    if total > MAX_INLINE_TOKENS:
+        log.warning("%d tokens in one HTML file will be slow to open; `wbtrace view --serve` loads steps lazily",
+                    total)
+    threshold = default_threshold(store) if threshold is None else threshold
+    specs = chart_specs()
+    meta = build_meta(store, chosen, threshold, specs, mode="file")
+    blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen)))]
+    blocks += [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
+    return render_page(meta, blocks)
+
+
+def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = None,
+                 threshold: float | None = None) -> Path:
+    """Write the self-contained HTML report of ``trace_dir`` to ``out`` and return its path.
+
+    Parameters
+    ----------
+    trace_dir : str or Path
+        A trace run directory (``run.json``, ``manifest.jsonl``, ``steps/``).
+    out : str or Path
+        The HTML file to write (parent directories are created).
+    steps : str, optional
+        ``"7"``, ``"1,5,9"``, ``"A:B"`` or ``"last"``; default: the latest steps within ~4.5M tokens.
+    threshold : float, optional
+        Entropy threshold (nats) for "forking" tokens; default: the trace's own (0.672).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    html_text = build_report(trace_dir, steps, threshold)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(html_text, encoding="utf-8")
+    tmp.replace(out)
+    return out
