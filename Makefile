@@ -15,6 +15,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[all,test]'
+	$(BIN)/pip install -q torch==2.13.0 'trl==1.16.0' 'datasets>=4'
+	# verl's own requirements pin an inference stack we do not need: its tests need DataProto and core_algos only.
+	$(BIN)/pip install -q --no-deps verl==0.9.1 tensordict==0.10.0 pyvers==0.1.0 codetiming==1.4.0 orjson==3.13.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -195,3 +195,13 @@ def test_unknown_schema_version_and_not_a_trace(tmp_path, trace_dir):
         TraceStore(trace_dir)
     with pytest.raises(TraceFormatError, match="schema version 99"):
         TraceWriter(trace_dir)
+
+
+def test_equal_length_ragged_extra_stays_per_response(tmp_path):
+    step = make_step(3, 6, 50, seed=1)
+    prompts = [np.array([1, 2, 3, 4, 5, 6]), np.array([7, 8, 9, 10, 11, 12]), np.array([1, 1, 1, 1, 1, 1])]
+    with TraceWriter(tmp_path) as w:
+        w.write_step(1, **step, prompt_token_ids=prompts)
+    assert w.report.ok
+    got = TraceStore(tmp_path).read_step(1).column("prompt_token_ids").to_pylist()
+    assert got == [p.tolist() for p in prompts]

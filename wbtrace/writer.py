@@ -176,15 +176,15 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
     return committed
 
 
+_ARRAYS = frozenset({"token_ids", "response_mask", "entropy", "logprob", "reward", "advantage", "group_id",
+                      "prompt_index", "kept"})
+
+
 def _snapshot(value: Any, name: str) -> Any:
-    """Copy a value the caller owns: arrays via `to_numpy`, lists of ragged arrays element-wise."""
-    if isinstance(value, (list, tuple)) and value and hasattr(value[0], "__len__") and not isinstance(value[0], str):
-        try:
-            arr = to_numpy(value, name)
-            if arr.dtype != object:
-                return arr
-        except BadInputError:
-            pass
+    """Copy a value the caller owns. A list of arrays under an extra name (``prompt_token_ids``) stays a
+    list, even when the arrays happen to have one length: stacking it would make it look token-level."""
+    if name not in _ARRAYS and isinstance(value, (list, tuple)) and value and hasattr(value[0], "__len__") \
+            and not isinstance(value[0], str):
         return [to_numpy(v, name) for v in value]
     return to_numpy(value, name)
 
