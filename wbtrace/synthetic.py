@@ -13,8 +13,11 @@ import numpy as np
 
 
 def make_step(n_responses: int = 8, max_len: int = 64, vocab_size: int = 1000, seed: int = 0,
-              group_size: int = 4, min_len: int = 1) -> dict[str, Any]:
+              group_size: int = 4, min_len: int = 1, zipf: bool = False) -> dict[str, Any]:
     """Padded ``[N, T]`` arrays and ``[N]`` per-response values, ready for ``TraceWriter.write_step``.
+
+    Token ids are uniform over the vocabulary (a worst case for compression) or, with ``zipf=True``,
+    Zipf-distributed (exponent 1.1) like the token frequencies of real text.
 
     Returns
     -------
@@ -39,7 +42,7 @@ def make_step(n_responses: int = 8, max_len: int = 64, vocab_size: int = 1000, s
         advantage[groups == g] = (r - r.mean()) / (r.std() + 1e-6)
     group_acc_spread = np.array([correct[groups == g].std() > 0 for g in groups])
     return {
-        "token_ids": rng.integers(0, vocab_size, (n, t)) * mask,
+        "token_ids": _token_ids(rng, (n, t), vocab_size, zipf) * mask,
         "response_mask": mask,
         "entropy": entropy * mask,
         "logprob": logprob * mask,
@@ -51,6 +54,13 @@ def make_step(n_responses: int = 8, max_len: int = 64, vocab_size: int = 1000, s
         "group_id": np.array([f"g{g}" for g in groups]),
         "prompt_index": groups.astype(np.int32),
     }
+
+
+def _token_ids(rng: np.random.Generator, shape: tuple[int, int], vocab_size: int, zipf: bool) -> np.ndarray:
+    if not zipf:
+        return rng.integers(0, vocab_size, shape)
+    ranks = np.minimum(rng.zipf(1.1, shape), vocab_size) - 1
+    return rng.permutation(vocab_size)[ranks]  # frequent ids scattered over the vocabulary, as in BPE
 
 
 def synthetic_vocab(vocab_size: int = 1000) -> list[str]:
