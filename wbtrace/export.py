@@ -36,7 +36,9 @@ def _vocab_array(vocab: Vocab) -> pa.Array:
 def token_texts(ids: pa.Array, vocab_texts: pa.Array) -> pa.Array:
     """Display text per token id; ids outside the vocabulary show as ``<id:N>``."""
     n = len(vocab_texts)
-    valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n)) if n else pc.equal(ids, -1)
+    valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n))
+    if n and pc.all(valid).as_py():
+        return pc.take(vocab_texts, ids)  # the common case: no string building per row
     texts = pc.take(vocab_texts, pc.if_else(valid, ids, 0)) if n else pa.nulls(len(ids), pa.string())
     unknown = pc.binary_join_element_wise("<id:", pc.cast(ids, pa.string()), ">", "")
     return pc.if_else(valid, texts, unknown)
