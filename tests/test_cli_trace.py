@@ -147,3 +147,22 @@ def test_every_command_has_help_with_example():
         assert r.exit_code == 0, name
         if name in ("ls", "stats", "show", "export", "import-npz"):
             assert "Example:" in r.output, name
+
+
+def test_cli_reference_is_current():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", root / "scripts" / "gen_cli_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (root / "docs" / "cli.md").read_text() == mod.render(), "run: python scripts/gen_cli_docs.py"
+
+
+def test_every_command_is_in_the_readme():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in main.commands:
+        assert f"wbtrace {name}" in readme, name

@@ -53,19 +53,25 @@ KNOWN_SCALARS: dict[str, pa.DataType] = {
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def to_numpy(x: Any, name: str) -> np.ndarray:
+def to_numpy(x: Any, name: str, dtype: Any = None) -> np.ndarray:
     """Copy an array-like (numpy, torch on any device, nested lists) into a fresh numpy array.
 
-    A copy, because the caller may reuse its buffers as soon as ``write_step`` returns.
+    A copy, because the caller may reuse its buffers as soon as ``write_step`` returns. ``dtype``
+    converts first (on the GPU for a CUDA tensor), so fewer bytes cross to the host.
     """
     if hasattr(x, "detach"):  # torch.Tensor, without importing torch
+        import torch
+
         t = x.detach()
-        if t.dtype.is_floating_point and t.dtype.itemsize == 2 and str(t.dtype) == "torch.bfloat16":
+        if dtype is not None:
+            t = t.to(getattr(torch, np.dtype(dtype).name))
+        elif t.dtype == torch.bfloat16:
             t = t.float()  # numpy has no bfloat16
-        return t.cpu().numpy().copy()
+        out = t.cpu().numpy()
+        return out.copy() if t.data_ptr() == x.data_ptr() else out
     try:
-        return np.array(x, copy=True)
-    except (ValueError, TypeError) as e:
+        return np.array(x, dtype=dtype, copy=True)
+    except (ValueError, TypeError, OverflowError) as e:
         raise BadInputError(f"{name}: cannot be read as an array ({e})") from None
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -180,13 +181,16 @@ _ARRAYS = frozenset({"token_ids", "response_mask", "entropy", "logprob", "reward
                       "prompt_index", "kept"})
 
 
-def _snapshot(value: Any, name: str) -> Any:
-    """Copy a value the caller owns. A list of arrays under an extra name (``prompt_token_ids``) stays a
-    list, even when the arrays happen to have one length: stacking it would make it look token-level."""
+def _snapshot(value: Any, name: str, dtypes: dict[str, Any]) -> Any:
+    """Copy a value the caller owns, in the dtype it is stored in (half the bytes of int64/float32).
+
+    A list of arrays under an extra name (``prompt_token_ids``) stays a list, even when the arrays
+    happen to have one length: stacking it would make it look token-level.
+    """
     if name not in _ARRAYS and isinstance(value, (list, tuple)) and value and hasattr(value[0], "__len__") \
             and not isinstance(value[0], str):
         return [to_numpy(v, name) for v in value]
-    return to_numpy(value, name)
+    return to_numpy(value, name, dtypes.get(name))
 
 
 class TraceWriter:
@@ -288,7 +292,10 @@ class TraceWriter:
                 self.report.skipped += 1
                 log.info("wbtrace: step %d is already in %s; skipped", step, self.run_dir)
                 return False
-        snap = {k: _snapshot(v, k) for k, v in arrays.items() if v is not None}
+        # float16 keeps NaN/inf, so the background thread still rejects them; ids fit int32 in any vocab.
+        dtypes = {"token_ids": np.int32, "response_mask": np.bool_, "entropy": np.float16,
+                  "logprob": np.float16 if self.logprob_dtype == "float16" else np.float32}
+        snap = {k: _snapshot(v, k, dtypes) for k, v in arrays.items() if v is not None}
         shape = getattr(snap.get("token_ids"), "shape", None)
         for name in ("response_mask", "entropy", "logprob"):
             if name in snap and (shape is None or len(shape) != 2 or snap[name].shape != shape):

