@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU session behind docs/runs/h100-dapo-100.md and docs/runs/two-gpu.md, one subcommand per device
+# call (a call runs at most 10 minutes; the machine keeps ~/runs between calls while it stays warm).
+# Needs the bundle of shared/device/README.md landed first (ray, wandb, mlflow-skinny, gguf, the GGUF).
+#   smoke [k=v..]   convert the model once, then 3 traced steps on 1 GPU (timings before the long run)
+#   start [k=v..]   launch the 100-step run on 1 GPU (W&B offline + MLflow embedded) with setsid
+#   wait [S]        wait up to S seconds (default 540) for the run to end; show the log tail
+#   twogpu [k=v..]  STEPS (20) steps on 2 GPUs (one Ray actor each, NCCL), then one more on 1 GPU from its checkpoint
+#   stop            end the background run with SIGINT (the trace is crash-safe either way)
+#   pack            archive traces, the W&B offline run dir, the MLflow store and logs into $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. ~/wbstage/env.sh
+export PYTHONPATH=$PWD:$PYTHONPATH WANDB_MODE=offline WANDB_SILENT=true PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1  # never NVLink multicast
+export WBTRACE_GGUF=$WBSTAGE_FILES/SmolLM2-135M-Instruct.Q4_1.gguf
+RUN=~/runs
+mkdir -p "$RUN"
+SINKS=("trainer.logger=[console,wandb]" trainer.wandb.mode=offline trainer.entropy_trace.mlflow.enable=true)
+cmd=${1:?usage: h100_session.sh smoke|start|wait|twogpu|pack}; shift
+case "$cmd" in
+  smoke)
+    nvidia-smi -L
+    python scripts/prepare_model.py
+    OUT=$RUN/smoke bash scripts/train_dapo_h100.sh trainer.total_training_steps=3 "$@" 2>&1 | tail -n 12 ;;
+  start)
+    OUT=$RUN/h100 setsid nohup bash scripts/train_dapo_h100.sh "${SINKS[@]}" "$@" >"$RUN/h100.log" 2>&1 </dev/null &
+    sleep 60; tail -n 6 "$RUN/h100.log" ;;
+  wait)
+    for _ in $(seq "${1:-540}"); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
+    tail -n 6 "$RUN/h100.log" ;;
+  stop)
+    pkill -INT -f "train --preset h100" || true
+    for _ in $(seq 60); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
+    pkill -KILL -f "train --preset h100" || true; ray stop --force >/dev/null 2>&1 || true
+    tail -n 4 "$RUN/h100.log" ;;
+  twogpu)
+    n=${STEPS:-20}
+    OUT=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" trainer.num_workers=2 "trainer.total_training_steps=$n" \
+      "trainer.save_freq=$n" "$@" >"$RUN/two.log" 2>&1
+    OUT=$RUN/two bash scripts/train_dapo_h100.sh trainer.num_workers=1 "trainer.total_training_steps=$((n + 1))" "$@" \
+      >"$RUN/two_resume.log" 2>&1
+    tail -n 4 "$RUN/two.log" "$RUN/two_resume.log" ;;
+  pack)
+    h=$RUN/h100
+    tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl
+    tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts
+    tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" .
+    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints two/metrics.jsonl two/entropy_trace
+    cp "$RUN"/*.log "$OUT/" 2>/dev/null || true
+    ls -la "$OUT" ;;
+  *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
+esac
