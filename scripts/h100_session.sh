@@ -2,6 +2,10 @@
 # The GPU session behind docs/runs/h100-dapo-100.md and docs/runs/two-gpu.md, one subcommand per device
 # call (a call runs at most 10 minutes; the machine keeps ~/runs between calls while it stays warm).
 # Needs the bundle of shared/device/README.md landed first (ray, wandb, mlflow-skinny, gguf, the GGUF).
+#   prep            convert the GGUF to the bf16 safetensors folder once
+#   chain           in the background (setsid): the 100-step run on GPU 0 and, a minute later, 10 steps on
+#                   2 GPUs (its own Ray instance) then step 11 on 1 GPU from the 2-GPU checkpoint
+#   progress        one line per run: steps done, last step line
 #   smoke [k=v..]   convert the model once, then 3 traced steps on 1 GPU (timings before the long run)
 #   start [k=v..]   launch the 100-step run on 1 GPU (W&B offline + MLflow embedded) with setsid
 #   wait [S]        wait up to S seconds (default 540) for the run to end; show the log tail
@@ -18,7 +22,29 @@ RUN=~/runs
 mkdir -p "$RUN"
 SINKS=("trainer.logger=[console,wandb]" trainer.wandb.mode=offline trainer.entropy_trace.mlflow.enable=true)
 cmd=${1:?usage: h100_session.sh smoke|start|wait|twogpu|pack}; shift
+GEN1=algorithm.filter_groups.max_num_gen_batches=1  # one generation batch per step: 100 steps fit the GPU budget
+progress() {
+  for f in "$RUN"/h100.log "$RUN"/two.log "$RUN"/two_resume.log; do
+    [ -f "$f" ] && echo "$(basename "$f"): $(grep -c '^step' "$f") steps | $(grep '^step' "$f" | tail -n 1)"
+  done
+  return 0
+}
 case "$cmd" in
+  prep)
+    nvidia-smi -L
+    python scripts/prepare_model.py 2>&1 | tail -n 1 ;;
+  chain)
+    setsid nohup bash scripts/h100_session.sh _chain </dev/null >"$RUN/chain.log" 2>&1 &
+    sleep "${1:-30}"; progress ;;
+  _chain)
+    CUDA_VISIBLE_DEVICES=0 OUT=$RUN/h100 bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 >"$RUN/h100.log" 2>&1 &
+    sleep 60
+    OUT=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 ray.address=local trainer.num_workers=2 \
+      trainer.total_training_steps=10 trainer.save_freq=10 >"$RUN/two.log" 2>&1
+    OUT=$RUN/two bash scripts/train_dapo_h100.sh $GEN1 ray.address=local trainer.num_workers=1 \
+      trainer.total_training_steps=11 >"$RUN/two_resume.log" 2>&1
+    wait ;;
+  progress) progress ;;
   smoke)
     nvidia-smi -L
     python scripts/prepare_model.py
@@ -28,7 +54,7 @@ case "$cmd" in
     sleep 60; tail -n 6 "$RUN/h100.log" ;;
   wait)
     for _ in $(seq "${1:-540}"); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
-    tail -n 6 "$RUN/h100.log" ;;
+    progress ;;
   stop)
     pkill -INT -f "train --preset h100" || true
     for _ in $(seq 60); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
@@ -46,8 +72,8 @@ case "$cmd" in
     tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl
     tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts
     tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" .
-    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints two/metrics.jsonl two/entropy_trace
-    cp "$RUN"/*.log "$OUT/" 2>/dev/null || true
+    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints --exclude=mlflow-artifacts two/metrics.jsonl two/entropy_trace
+    tar -C "$RUN" -czf "$OUT/logs.tgz" --exclude='*.tgz' $(cd "$RUN" && ls *.log)
     ls -la "$OUT" ;;
   *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
 esac

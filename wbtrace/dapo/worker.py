@@ -40,6 +40,32 @@ class PolicyWorker:
         warm = max(actor.warmup_steps, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self._tokens: dict[str, list[np.ndarray]] = {}  # per-token update stats of the current epoch
+        self.sampler = self._make_sampler()
+
+    def _make_sampler(self):
+        """The model ``generate`` runs on: a bf16 copy when computing in bf16.
+
+        Autocast re-casts every fp32 weight at every decode step; decoding is launch-bound, so a bf16
+        copy (synced after each update, 270 MB for SmolLM2-135M) samples faster. Log-probs and entropy
+        still come from the fp32 master weights under autocast, as in training.
+        """
+        import copy
+
+        import torch
+
+        if self.cfg.model.compute_dtype != "bfloat16":
+            return self.model
+        sampler = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        sampler.requires_grad_(False)
+        return sampler
+
+    def _sync_sampler(self) -> None:
+        import torch
+
+        if self.sampler is not self.model:
+            with torch.no_grad():
+                for dst, src in zip(self.sampler.parameters(), self.model.parameters()):
+                    dst.copy_(src)
 
     # ------------------------------------------------------------------ distributed
     def address(self) -> tuple[str, int]:
@@ -107,9 +133,9 @@ class PolicyWorker:
 
         roll = self.cfg.actor_rollout_ref.rollout
         ids = torch.as_tensor(prompts, device=self.device)
-        self.model.eval()
-        with torch.inference_mode(), self._autocast():
-            out = self.model.generate(
+        self.sampler.eval()
+        with torch.inference_mode():
+            out = self.sampler.generate(
                 input_ids=ids, attention_mask=torch.as_tensor(mask, device=self.device), do_sample=True,
                 temperature=roll.temperature, top_p=roll.top_p, top_k=0,
                 max_new_tokens=self.cfg.data.max_response_length, pad_token_id=self.pad_id,
@@ -180,6 +206,7 @@ class PolicyWorker:
         out["actor/lr"] = self.sched.get_last_lr()[0]
         T = batch["responses"].shape[1]
         tokens = {k: np.concatenate(v) if v else np.zeros((0, T)) for k, v in self._tokens.items()}
+        self._sync_sampler()
         return out, tokens
 
     def _mini_batch(self, mb: dict[str, np.ndarray]) -> dict[str, float]:
@@ -264,6 +291,7 @@ class PolicyWorker:
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.sched.load_state_dict(state["sched"])
+        self._sync_sampler()
 
     def grads(self) -> np.ndarray:
         """The flattened gradients of the last update (after the all-reduce and clipping)."""
