@@ -69,11 +69,11 @@ case "$cmd" in
     tail -n 4 "$RUN/two.log" "$RUN/two_resume.log" ;;
   pack)
     h=$RUN/h100
-    tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl
-    tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts
-    tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" .
-    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints --exclude=mlflow-artifacts two/metrics.jsonl two/entropy_trace
-    tar -C "$RUN" -czf "$OUT/logs.tgz" --exclude='*.tgz' $(cd "$RUN" && ls *.log)
+    tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl || true
+    tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts || true
+    tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" . || true
+    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints --exclude=mlflow-artifacts two/metrics.jsonl two/entropy_trace || true
+    tar -C "$RUN" -czf "$OUT/logs.tgz" --exclude='*.tgz' $(cd "$RUN" && ls *.log) || true
     ls -la "$OUT" ;;
   *) echo "unknown subcommand $cmd" >&2; exit 2 ;;
 esac
