@@ -55,6 +55,21 @@ def test_embedded_default_needs_no_server_and_no_env(no_mlflow_env, tmp_path):
     assert pulled.step_path(2).read_bytes() == local.step_path(2).read_bytes()
 
 
+def test_embedded_store_copied_to_another_place_still_pulls(no_mlflow_env, tmp_path):
+    """Found on the H100 run: the sqlite store records absolute artifact paths of the machine it ran on."""
+    import shutil
+
+    sink = MlflowSink()
+    local = write(tmp_path / "run", [1, 2], sinks=[sink])
+    shutil.copytree(tmp_path / "run", tmp_path / "elsewhere")
+    shutil.rmtree(tmp_path / "run")  # the original paths are gone, as on another machine
+    uri = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    pulled = TraceStore(pull_mlflow(sink.run_id, None, tmp_path / "pulled", uri))
+    assert pulled.steps == [1, 2]
+    assert pulled.step_path(1).read_bytes() == (tmp_path / "elsewhere" / "steps" / "step_000001.parquet").read_bytes()
+    assert local.run_dir == tmp_path / "run"
+
+
 def test_restarted_writer_logs_into_the_same_run(no_mlflow_env, tmp_path):
     first, second = MlflowSink(), MlflowSink()
     write(tmp_path / "run", [0], sinks=[first])

@@ -51,10 +51,31 @@ def get_run_or_fail(client: MlflowClient, run_id: str, uri: str):
         raise SourceError(f"MLflow at {uri} failed on run {run_id!r}: {str(e).splitlines()[0]}") from None
 
 
+def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None):
+    """The run's artifact repository, following an embedded store that was moved.
+
+    The embedded default (``sqlite:///<run_dir>/mlflow.db``) records absolute ``file://`` artifact
+    paths; after the run dir is copied to another machine they point nowhere. Then the artifacts are
+    looked up beside the database, where the sink put them (``<db dir>/mlflow-artifacts/<run>/artifacts``).
+    """
+    from urllib.parse import urlparse
+
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = client.get_run(run_id).info.artifact_uri
+    uri = uri or client.tracking_uri
+    parsed = urlparse(root)
+    if parsed.scheme in ("", "file") and not Path(parsed.path).exists() and uri.startswith("sqlite:///"):
+        moved = Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts" / run_id / "artifacts"
+        if moved.is_dir():
+            root = moved.resolve().as_uri()
+    return get_artifact_repository(root)
+
+
 def list_step_artifacts(client: MlflowClient, run_id: str) -> dict[int, FileInfo]:
     """``{step: FileInfo}`` of the run's step files (names that are not step files are ignored)."""
     found = {}
-    for info in client.list_artifacts(run_id, STEPS_ARTIFACT_DIR):
+    for info in artifact_repo(client, run_id).list_artifacts(STEPS_ARTIFACT_DIR):
         name = info.path.rsplit("/", 1)[-1]
         step = parse_step_filename(name)
         if step is not None and not info.is_dir and info.path == f"{STEPS_ARTIFACT_DIR}/{name}":
@@ -93,7 +114,8 @@ def pull_mlflow(run_id: str, steps: list[int] | None, dest: Path, tracking_uri: 
 
     client, uri = connect(tracking_uri)
     get_run_or_fail(client, run_id, uri)
-    top = {i.path.rsplit("/", 1)[-1] for i in client.list_artifacts(run_id, ARTIFACT_ROOT)}
+    repo = artifact_repo(client, run_id, uri)
+    top = {i.path.rsplit("/", 1)[-1] for i in repo.list_artifacts(ARTIFACT_ROOT)}
     if RUN_JSON not in top:
         raise SourceError(f"MLflow run {run_id} has no wbtrace trace (no {ARTIFACT_ROOT}/{RUN_JSON})")
     listed = list_step_artifacts(client, run_id)
@@ -108,12 +130,12 @@ def pull_mlflow(run_id: str, steps: list[int] | None, dest: Path, tracking_uri: 
         files = {}
         for name in (RUN_JSON, VOCAB_FILE):
             if name in top:
-                files[name] = Path(client.download_artifacts(run_id, f"{ARTIFACT_ROOT}/{name}", tmp))
+                files[name] = Path(repo.download_artifacts(f"{ARTIFACT_ROOT}/{name}", tmp))
         run_json = files[RUN_JSON].read_bytes()
         vocab = files[VOCAB_FILE].read_bytes() if VOCAB_FILE in files else _empty_vocab()
         out.add_run_files(run_json, vocab)
         for i, step in enumerate(wanted, 1):
-            local = Path(client.download_artifacts(run_id, listed[step].path, tmp))
+            local = Path(repo.download_artifacts(listed[step].path, tmp))
             out.add_step(step, local)
             local.unlink()
             if progress:
