@@ -65,9 +65,9 @@ def pull_cmd(source: str, steps: tuple[int, ...], step_ranges: tuple[str, ...], 
             bar.update(task, completed=done, total=total)
 
         out = _pull(source, spec, dest, entity, project, kind, tracking_uri, progress)
-    from wbtrace.store import TraceStore
+    from wbtrace.store import TraceStore, format_steps
 
-    click.echo(f"pulled {out}: steps {', '.join(map(str, TraceStore(out).steps))}", err=True)
+    click.echo(f"pulled {out}: steps {format_steps(TraceStore(out).steps)}", err=True)
 
 
 def _pull(source: str, spec: StepSpec, dest: Path | None, entity: str | None, project: str | None,
