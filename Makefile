@@ -3,7 +3,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-OUT     ?= outputs/demo
+DEMO_DIR ?= outputs/demo
 
 .PHONY: demo test install lint browser bench clean
 
@@ -30,9 +30,9 @@ browser:
 
 # A fresh run each time (an existing output dir would be resumed, with no steps left to train).
 demo: install
-	rm -rf $(OUT)
-	$(BIN)/wbtrace train --preset cpu trainer.output_dir=$(OUT)
-	$(BIN)/wbtrace stats $(OUT)/entropy_trace
+	rm -rf $(DEMO_DIR)
+	$(BIN)/wbtrace train --preset cpu trainer.output_dir=$(DEMO_DIR)
+	$(BIN)/wbtrace stats $(DEMO_DIR)/entropy_trace
 
 test: install browser
 	$(BIN)/python -m pytest -q

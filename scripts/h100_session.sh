@@ -37,20 +37,20 @@ case "$cmd" in
     setsid nohup bash scripts/h100_session.sh _chain </dev/null >"$RUN/chain.log" 2>&1 &
     sleep "${1:-30}"; progress ;;
   _chain)
-    CUDA_VISIBLE_DEVICES=0 OUT=$RUN/h100 bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 >"$RUN/h100.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=0 OUTPUT_DIR=$RUN/h100 bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 >"$RUN/h100.log" 2>&1 &
     sleep 60
-    OUT=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 ray.address=local trainer.num_workers=2 \
+    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 ray.address=local trainer.num_workers=2 \
       trainer.total_training_steps=10 trainer.save_freq=10 >"$RUN/two.log" 2>&1
-    OUT=$RUN/two bash scripts/train_dapo_h100.sh $GEN1 ray.address=local trainer.num_workers=1 \
+    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh $GEN1 ray.address=local trainer.num_workers=1 \
       trainer.total_training_steps=11 >"$RUN/two_resume.log" 2>&1
     wait ;;
   progress) progress ;;
   smoke)
     nvidia-smi -L
     python scripts/prepare_model.py
-    OUT=$RUN/smoke bash scripts/train_dapo_h100.sh trainer.total_training_steps=3 "$@" 2>&1 | tail -n 12 ;;
+    OUTPUT_DIR=$RUN/smoke bash scripts/train_dapo_h100.sh trainer.total_training_steps=3 "$@" 2>&1 | tail -n 12 ;;
   start)
-    OUT=$RUN/h100 setsid nohup bash scripts/train_dapo_h100.sh "${SINKS[@]}" "$@" >"$RUN/h100.log" 2>&1 </dev/null &
+    OUTPUT_DIR=$RUN/h100 setsid nohup bash scripts/train_dapo_h100.sh "${SINKS[@]}" "$@" >"$RUN/h100.log" 2>&1 </dev/null &
     sleep 60; tail -n 6 "$RUN/h100.log" ;;
   wait)
     for _ in $(seq "${1:-540}"); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
@@ -62,9 +62,9 @@ case "$cmd" in
     tail -n 4 "$RUN/h100.log" ;;
   twogpu)
     n=${STEPS:-20}
-    OUT=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" trainer.num_workers=2 "trainer.total_training_steps=$n" \
+    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" trainer.num_workers=2 "trainer.total_training_steps=$n" \
       "trainer.save_freq=$n" "$@" >"$RUN/two.log" 2>&1
-    OUT=$RUN/two bash scripts/train_dapo_h100.sh trainer.num_workers=1 "trainer.total_training_steps=$((n + 1))" "$@" \
+    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh trainer.num_workers=1 "trainer.total_training_steps=$((n + 1))" "$@" \
       >"$RUN/two_resume.log" 2>&1
     tail -n 4 "$RUN/two.log" "$RUN/two_resume.log" ;;
   pack)

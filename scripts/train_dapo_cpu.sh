@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=${OUT:-outputs/demo}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/demo}
 GGUF_ARG=()
 if [[ -n "${WBTRACE_GGUF:-}" ]]; then GGUF_ARG=("model.gguf_file=$WBTRACE_GGUF"); fi
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
-"$PY" -c "from wbtrace.cli import main; main()" train --preset cpu "trainer.output_dir=$OUT" "${GGUF_ARG[@]}" "$@"
+"$PY" -c "from wbtrace.cli import main; main()" train --preset cpu "trainer.output_dir=$OUTPUT_DIR" "${GGUF_ARG[@]}" "$@"

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-OUT=${OUT:-outputs/h100}
+OUTPUT_DIR=${OUTPUT_DIR:-outputs/h100}
 GGUF_ARG=()
 if [[ -n "${WBTRACE_GGUF:-}" ]]; then GGUF_ARG=("model.gguf_file=$WBTRACE_GGUF"); fi
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
-"$PY" -c "from wbtrace.cli import main; main()" train --preset h100 "trainer.output_dir=$OUT" "${GGUF_ARG[@]}" "$@"
+"$PY" -c "from wbtrace.cli import main; main()" train --preset h100 "trainer.output_dir=$OUTPUT_DIR" "${GGUF_ARG[@]}" "$@"

@@ -82,11 +82,13 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     plain = [f"{c}.list.element" for c in table.column_names
              if pa.types.is_list(table.schema.field(c).type) and pa.types.is_floating(table.schema.field(c).type.value_type)]
-    dictionary = [c for c in ("group_id", "token_ids") if c in table.column_names]
+    dictionary = [c for c in ("group_id",) if c in table.column_names]
+    # Min/max statistics help readers skip row groups by step or sample; on token lists they cost time.
+    scalars = [c for c in table.column_names if not pa.types.is_list(table.schema.field(c).type)]
     try:
         pq.write_table(table, tmp, compression=compression, compression_level=compression_level,
                        use_dictionary=dictionary, column_encoding={c: "PLAIN" for c in plain},
-                       row_group_size=max(table.num_rows, 1))
+                       write_statistics=scalars, row_group_size=max(table.num_rows, 1))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
