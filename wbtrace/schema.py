@@ -159,26 +159,12 @@ def pack_step(
     """
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise BadInputError(f"step must be a non-negative integer, got {step!r}")
-    ids = token_ids if isinstance(token_ids, np.ndarray) else to_numpy(token_ids, "token_ids")
-    if ids.ndim != 2:
-        raise BadInputError(f"token_ids has shape {list(ids.shape)}, expected [N, T]")
-    mask = (response_mask if isinstance(response_mask, np.ndarray) else to_numpy(response_mask, "response_mask"))
-    _check_shape("response_mask", mask, ids.shape)
-    mask = mask.astype(bool, copy=False)
-    ent = entropy if isinstance(entropy, np.ndarray) else to_numpy(entropy, "entropy")
-    _check_shape("entropy", ent, ids.shape)
+    ids, mask, flat_entropy = _checked_core(step, token_ids, response_mask, entropy)
     n = ids.shape[0]
     lengths = mask.sum(axis=1, dtype=np.int32)
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     offsets_arr = pa.array(offsets)
-
-    flat_entropy = ent[mask]
-    bad = int(np.count_nonzero(~np.isfinite(flat_entropy)))
-    if bad:
-        raise BadInputError(f"step {step}: entropy has {bad} NaN/inf values among response tokens")
-    if flat_entropy.size and float(flat_entropy.min()) < -1e-3:
-        raise BadInputError(f"step {step}: entropy has negative values (min {float(flat_entropy.min()):.4g})")
 
     cols: dict[str, pa.Array] = {
         "step": pa.array(np.full(n, step, dtype=np.int32)),
@@ -211,6 +197,26 @@ def pack_step(
             target[name] = _extra_column(name, value, mask, offsets_arr)
     table = pa.table({**cols, **token_cols})
     return table.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
+
+
+def _checked_core(step: int, token_ids: Any, response_mask: Any, entropy: Any
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [N, T], bool mask [N, T], entropy of the masked tokens)``, or `BadInputError`."""
+    ids = token_ids if isinstance(token_ids, np.ndarray) else to_numpy(token_ids, "token_ids")
+    if ids.ndim != 2:
+        raise BadInputError(f"token_ids has shape {list(ids.shape)}, expected [N, T]")
+    mask = response_mask if isinstance(response_mask, np.ndarray) else to_numpy(response_mask, "response_mask")
+    _check_shape("response_mask", mask, ids.shape)
+    mask = mask.astype(bool, copy=False)
+    ent = entropy if isinstance(entropy, np.ndarray) else to_numpy(entropy, "entropy")
+    _check_shape("entropy", ent, ids.shape)
+    flat = ent[mask]
+    bad = int(np.count_nonzero(~np.isfinite(flat)))
+    if bad:
+        raise BadInputError(f"step {step}: entropy has {bad} NaN/inf values among response tokens")
+    if flat.size and float(flat.min()) < -1e-3:
+        raise BadInputError(f"step {step}: entropy has negative values (min {float(flat.min()):.4g})")
+    return ids, mask, flat
 
 
 def _is_token_level(value: Any, shape: tuple[int, int]) -> bool:
