@@ -51,16 +51,27 @@ def get_run_or_fail(client: MlflowClient, run_id: str, uri: str):
         raise SourceError(f"MLflow at {uri} failed on run {run_id!r}: {str(e).splitlines()[0]}") from None
 
 
+class _RunArtifacts:
+    """A run's artifacts through the client (servers, proxied ``mlflow-artifacts:`` URIs included)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
+    def list_artifacts(self, path: str):
+        return self.client.list_artifacts(self.run_id, path)
+
+    def download_artifacts(self, path: str, dst: str) -> str:
+        return self.client.download_artifacts(self.run_id, path, dst)
+
+
 def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None):
-    """The run's artifact repository, following an embedded store that was moved.
+    """The run's artifacts (``list_artifacts``, ``download_artifacts``), following a moved embedded store.
 
     The embedded default (``sqlite:///<run_dir>/mlflow.db``) records absolute ``file://`` artifact
     paths; after the run dir is copied to another machine they point nowhere. Then the artifacts are
-    looked up beside the database, where the sink put them (``<db dir>/mlflow-artifacts/<run>/artifacts``).
+    read beside the database, where the sink put them (``<db dir>/mlflow-artifacts/<run>/artifacts``).
     """
     from urllib.parse import urlparse
-
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     root = client.get_run(run_id).info.artifact_uri
     uri = uri or client.tracking_uri
@@ -68,8 +79,10 @@ def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None):
     if parsed.scheme in ("", "file") and not Path(parsed.path).exists() and uri.startswith("sqlite:///"):
         moved = Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts" / run_id / "artifacts"
         if moved.is_dir():
-            root = moved.resolve().as_uri()
-    return get_artifact_repository(root)
+            from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+            return LocalArtifactRepository(moved.resolve().as_uri())
+    return _RunArtifacts(client, run_id)
 
 
 def list_step_artifacts(client: MlflowClient, run_id: str) -> dict[int, FileInfo]:
