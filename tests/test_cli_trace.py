@@ -166,3 +166,13 @@ def test_every_command_is_in_the_readme():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in main.commands:
         assert f"wbtrace {name}" in readme, name
+
+
+def test_plot_writes_an_image(trace_dir, tmp_path):
+    out = tmp_path / "e.png"
+    r = run("plot", trace_dir, "-o", out)
+    assert r.exit_code == 0, r.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    svg = tmp_path / "e.svg"
+    assert run("plot", trace_dir, "--steps", "2:3", "-o", svg).exit_code == 0
+    assert "<svg" in svg.read_text()[:500]

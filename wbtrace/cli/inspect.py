@@ -1,8 +1,9 @@
-"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``."""
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``, ``plot``."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -138,3 +139,24 @@ def show_cmd(trace_dir: str, step: int, sample: int) -> None:
     console.print(text)
     console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
                                                      for h in (0, 0.3, 0.672, 1, 2, 3.5, 6))) + Text(" nats"))
+
+
+@main.command("plot")
+@trace_dir_argument
+@step_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Image file; the format follows the suffix (.png, .svg, .pdf). Default TRACE_DIR/entropy.png.")
+def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, output: Path | None) -> None:
+    """Plot entropy over training: percentile bands, share above the threshold, correct vs
+    incorrect, reward (needs matplotlib: pip install 'wbtrace[plot]').
+
+    \b
+    Example:
+        wbtrace plot outputs/demo/entropy_trace -o entropy.png
+    """
+    from wbtrace.plot import plot_trace
+
+    store = open_store(trace_dir)
+    chosen = selected_steps(store, steps, step_range)
+    out = plot_trace(store, output or store.run_dir / "entropy.png", chosen)
+    click.echo(f"wrote {out}", err=True)
