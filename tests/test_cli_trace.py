@@ -176,3 +176,21 @@ def test_plot_writes_an_image(trace_dir, tmp_path):
     svg = tmp_path / "e.svg"
     assert run("plot", trace_dir, "--steps", "2:3", "-o", svg).exit_code == 0
     assert "<svg" in svg.read_text()[:500]
+
+
+def test_csv_header_once_even_after_empty_steps(trace_dir):
+    r = run("export", trace_dir, "--where", "step = 3")
+    assert r.exit_code == 0 and r.output.count("step,sample_id") == 1
+
+
+@pytest.mark.parametrize("target", ["{tmp}/no/such/dir/x.csv", "{tmp}"])
+def test_unwritable_output_is_one_line(trace_dir, tmp_path, target):
+    r = CliRunner().invoke(main, ["export", str(trace_dir), "--step", "1", "-o", target.format(tmp=tmp_path)])
+    assert r.exit_code == 2 and r.output.startswith("Error: ") and "Traceback" not in r.output
+
+
+def test_manifest_line_that_is_not_an_object_is_ignored(trace_dir):
+    with open(trace_dir / "manifest.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    assert run("ls", trace_dir).exit_code == 0
+    assert TraceStore(trace_dir).steps == [1, 2, 3]

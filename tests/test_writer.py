@@ -205,3 +205,29 @@ def test_equal_length_ragged_extra_stays_per_response(tmp_path):
     assert w.report.ok
     got = TraceStore(tmp_path).read_step(1).column("prompt_token_ids").to_pylist()
     assert got == [p.tolist() for p in prompts]
+
+
+def test_a_none_among_per_response_values_is_a_null_of_the_declared_type(tmp_path):
+    step = make_step(2, 4, 10, seed=1)
+    with TraceWriter(tmp_path) as w:
+        assert w.write_step(np.int64(2), **{**step, "kept": [True, None], "correct": [False, None],
+                                             "reward": [1.0, None]})
+    assert w.report.ok, w.report
+    table = TraceStore(tmp_path).read_step(2)
+    assert table.column("correct").to_pylist() == [False, None]
+    assert table.column("reward").to_pylist() == [1.0, None]
+    assert TraceStore(tmp_path).manifest[0]["accuracy"] == 0.0  # a missing value is not correct
+    TraceWriter(tmp_path).close()  # and the directory still opens
+
+
+def test_step_out_of_range_is_rejected_up_front(tmp_path):
+    w = TraceWriter(tmp_path)
+    assert not w.write_step(2**31, **make_step(2, 4, 10, seed=1))
+    assert w.close().rejected == 1 and not list((tmp_path / "steps").iterdir())
+
+
+def test_write_after_close_is_refused_not_lost(tmp_path):
+    w = TraceWriter(tmp_path)
+    w.close()
+    assert not w.write_step(1, **make_step(2, 4, 10, seed=1))
+    assert w.report.rejected == 1

@@ -111,6 +111,7 @@ class _Sink:
     def __init__(self, fmt: str, out: IO[bytes], path: str) -> None:
         self.fmt, self.out, self.path = fmt, out, path
         self.rows = 0
+        self._header = False
         self._pq: pq.ParquetWriter | None = None
 
     def write(self, table: pa.Table) -> None:
@@ -123,7 +124,8 @@ class _Sink:
                 table = self._conform(table)
             self._pq.write_table(table)
         elif self.fmt == "csv":
-            pl.from_arrow(table).write_csv(self.out, include_header=self.rows == 0)
+            pl.from_arrow(table).write_csv(self.out, include_header=not self._header)
+            self._header = True
         else:
             pl.from_arrow(table).write_ndjson(self.out)
         self.rows += table.num_rows

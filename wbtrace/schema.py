@@ -90,11 +90,14 @@ def _scalar_column(name: str, values: Any, n: int) -> pa.Array:
     if arr.ndim != 1 or len(arr) != n:
         raise BadInputError(f"{name} has shape {list(arr.shape)}, expected [{n}] (one value per response)")
     typ = KNOWN_SCALARS.get(name)
-    if typ == pa.string() or arr.dtype.kind in "OUS":
+    if typ == pa.string() or (typ is None and arr.dtype.kind in "OUS"):
         return pa.array([None if v is None else str(v) for v in arr.tolist()], type=pa.string())
-    if typ is not None:
-        return pa.array(arr, type=typ, from_pandas=True)
-    return pa.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+    try:
+        if typ is not None:  # object arrays (a None among the values) become nulls of the declared type
+            return pa.array(arr.tolist() if arr.dtype.kind == "O" else arr, type=typ, from_pandas=True)
+        return pa.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as e:
+        raise BadInputError(f"{name}: values do not fit {typ or arr.dtype} ({e})") from None
 
 
 def _ragged_column(name: str, values: Sequence[Any], n: int) -> pa.Array:
@@ -234,7 +237,10 @@ def check_table(table: pa.Table, source: str = "table") -> None:
     from wbtrace.errors import TraceFormatError
 
     meta = table.schema.metadata or {}
-    version = int(meta.get(METADATA_KEY, b"1"))
+    try:
+        version = int(meta.get(METADATA_KEY, b"1"))
+    except ValueError:
+        raise TraceFormatError(f"{source}: unreadable schema version {meta.get(METADATA_KEY)!r}") from None
     if version > SCHEMA_VERSION:
         raise TraceFormatError(
             f"{source}: schema version {version} is newer than this wbtrace understands ({SCHEMA_VERSION}); "

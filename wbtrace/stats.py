@@ -39,6 +39,8 @@ def _column(table: pa.Table, name: str) -> np.ndarray | None:
     col = table.column(name)
     if col.null_count == len(col):
         return None
+    if col.null_count:  # a missing value counts as not kept / not correct / NaN reward
+        col = pc.fill_null(col, False if pa.types.is_boolean(col.type) else float("nan"))
     return col.to_numpy(zero_copy_only=False)
 
 

@@ -56,13 +56,17 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     entries = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for i, line in enumerate(path.read_bytes().decode("utf-8", errors="replace").splitlines()):
         if not line.strip():
             continue
         try:
-            entries.append(json.loads(line))
+            entry = json.loads(line)
         except json.JSONDecodeError:
-            log.warning("%s: line %d is not JSON (torn write?); ignored", path, i + 1)
+            entry = None
+        if isinstance(entry, dict):
+            entries.append(entry)
+        else:
+            log.warning("%s: line %d is not a JSON object (torn write?); ignored", path, i + 1)
     return entries
 
 
@@ -151,7 +155,7 @@ class TraceStore:
     def run_info(self) -> dict[str, Any]:
         try:
             info = json.loads((self.run_dir / RUN_JSON).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
             raise TraceFormatError(f"{self.run_dir / RUN_JSON}: unreadable ({e})") from None
         if not isinstance(info, dict):
             raise TraceFormatError(f"{self.run_dir / RUN_JSON}: not a JSON object")

@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import subprocess
+import sys
 import threading
 import weakref
 from collections import Counter
@@ -109,8 +110,9 @@ def append_manifest(run_dir: Path, entry: dict[str, Any]) -> None:
 def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Write a packed step table into ``run_dir`` and name it in the manifest; returns the manifest entry."""
     rel = step_relpath(step)
+    stats = step_stats(table, threshold)  # before the file exists: a failure here leaves nothing behind
     nbytes = write_parquet_atomic(table, run_dir / rel)
-    entry = {"step": step, "file": rel, "bytes": nbytes, **step_stats(table, threshold),
+    entry = {"step": step, "file": rel, "bytes": nbytes, **stats,
              "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     append_manifest(run_dir, entry)
     return entry
@@ -168,13 +170,13 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
         if step is None or step in committed:
             continue
         try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as e:
+            stats = step_stats(pq.read_table(path), threshold)
+        except Exception as e:  # unreadable, or not a step table: keep the bytes, out of the way
             path.rename(path.with_name(path.name + ".corrupt"))
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)
             continue
         append_manifest(run_dir, {"step": step, "file": step_relpath(step), "bytes": path.stat().st_size,
-                                  **step_stats(table, threshold), "recovered": True})
+                                  **stats, "recovered": True})
         committed.add(step)
     return committed
 
@@ -244,6 +246,7 @@ class TraceWriter:
         self.threshold = threshold
         self.report = WriterReport()
         self._lock = threading.Lock()
+        self._put_lock = threading.Lock()
         self._committed = recover(self.run_dir, threshold)
         self._pending: set[int] = set()
         self.report.last_step = max(self._committed, default=None)
@@ -285,15 +288,25 @@ class TraceWriter:
         return False
 
     def _enqueue(self, step: int, arrays: dict[str, Any]) -> bool:
-        if self._closed:
-            raise BadInputError("writer is closed")
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise BadInputError(f"step must be a non-negative integer, got {step!r}")
-        with self._lock:
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**31:
+            raise BadInputError(f"step must be an integer in [0, 2**31), got {step!r}")
+        step = int(step)
+        with self._lock:  # one block: a step cannot be both checked and claimed by two threads
+            if self._closed:
+                raise BadInputError("writer is closed")
             if step in self._committed or step in self._pending:
                 self.report.skipped += 1
                 log.info("wbtrace: step %d is already in %s; skipped", step, self.run_dir)
                 return False
+            self._pending.add(step)
+        try:
+            return self._put(step, arrays)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(step)
+            raise
+
+    def _put(self, step: int, arrays: dict[str, Any]) -> bool:
         # float16 keeps NaN/inf, so the background thread still rejects them; ids fit int32 in any vocab.
         dtypes = {"token_ids": np.int32, "response_mask": np.bool_, "entropy": np.float16,
                   "logprob": np.float16 if self.logprob_dtype == "float16" else np.float32}
@@ -302,10 +315,11 @@ class TraceWriter:
         for name in ("response_mask", "entropy", "logprob"):
             if name in snap and (shape is None or len(shape) != 2 or snap[name].shape != shape):
                 raise BadInputError(f"{name} has shape {list(snap[name].shape)}, token_ids has {list(shape or [])}")
-        with self._lock:
-            self._pending.add(step)
         try:
-            self._queue.put((step, snap), timeout=self.max_block_s)
+            with self._put_lock:  # nothing is queued behind the stop sentinel
+                if self._closed:
+                    raise BadInputError("writer is closed")
+                self._queue.put((step, snap), timeout=self.max_block_s)
         except queue.Full:
             with self._lock:
                 self._pending.discard(step)
@@ -326,9 +340,12 @@ class TraceWriter:
 
     def close(self, status: str = "success") -> WriterReport:
         """Drain the queue, finish the sinks and return the report. Safe to call twice."""
-        if not self._closed:
+        with self._lock:  # no write_step can slip in behind the stop sentinel
+            first = not self._closed
             self._closed = True
-            self._queue.put(_STOP)
+        if first:
+            with self._put_lock:
+                self._queue.put(_STOP)
             self._thread.join()
             for sink in self.sinks:
                 self._call_sink(sink, "finish", status)
@@ -392,8 +409,8 @@ class TraceWriter:
 
 def _close_at_exit(ref: weakref.ref) -> None:
     writer = ref()
-    if writer is not None:
-        writer.close()
+    if writer is not None:  # an uncaught exception ended the program: tell the sinks the run failed
+        writer.close("failed" if getattr(sys, "last_value", None) is not None else "success")
 
 
 __all__ = ["TraceWriter", "WriterReport", "commit_step"]

@@ -33,7 +33,8 @@ class WbtraceGroup(click.Group):
             raise UserError(str(e)) from None
         except OSError as e:
             if e.errno != errno.EPIPE and "Broken pipe" not in str(e):
-                raise
+                # A path the user gave that cannot be written or read: one line, not a traceback.
+                raise UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
             # `wbtrace export ... | head`: the reader left; stop quietly like other Unix tools.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)

@@ -54,7 +54,8 @@ def _stats_record(store, step: int, threshold: float) -> dict:
 @main.command("stats")
 @trace_dir_argument
 @step_options
-@click.option("--threshold", type=float, default=DEFAULT_THRESHOLD, show_default=True,
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_THRESHOLD,
+              show_default=True,
               help="Entropy (nats) above which a token counts as high-entropy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per step) instead of tables.")
 def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
@@ -125,7 +126,8 @@ def show_cmd(trace_dir: str, step: int, sample: int) -> None:
     table = store.read_step(step)
     ids = table.column("sample_id").to_pylist()
     if sample not in ids:
-        raise BadInputError(f"step {step} has no sample {sample}; sample ids are {min(ids)}..{max(ids)}")
+        have = f"sample ids are {min(ids)}..{max(ids)}" if ids else "it has no responses"
+        raise BadInputError(f"step {step} has no sample {sample}; {have}")
     row = table.slice(ids.index(sample), 1).to_pylist()[0]
     head = [f"step {step}", f"sample {sample}", f"group {row.get('group_id')}", f"{row['response_length']} tokens"]
     for key in ("reward", "correct", "advantage", "kept", "truncated"):

@@ -17,7 +17,7 @@ from wbtrace.cli.app import main
                    "within ~4.5M tokens (all steps with --serve).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: TRACE_DIR/report.html].")
-@click.option("--threshold", type=float, default=None,
+@click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
 @click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")

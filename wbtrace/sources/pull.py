@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -80,7 +81,10 @@ class StepSpec:
         return sorted(chosen)
 
 
-def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None) -> None:
+def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None,
+                  check: Any = None) -> Any:
+    """Write ``dest`` whole or not at all; ``check(tmp_path)`` runs before the rename (its result returned),
+    so a bad download never replaces a good file."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     try:
@@ -90,7 +94,9 @@ def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None
                     shutil.copyfileobj(s, f, 1 << 20)
             else:
                 f.write(data or b"")
+        result = check(Path(tmp)) if check is not None else None
         os.replace(tmp, dest)
+        return result
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -137,7 +143,7 @@ class LocalTraceDir:
         except ValueError:
             raise TraceFormatError("the source's run.json is not JSON") from None
         old_path = self.dest / RUN_JSON
-        if old_path.exists() and self._lines and old_path.read_bytes() != new:
+        if old_path.exists() and old_path.read_bytes() != new:
             raise SourceError(f"{self.dest} already holds a different run: choose another --dest")
         for name, content in ((RUN_JSON, new), (VOCAB_FILE, vocab)):
             if isinstance(content, Path):
@@ -149,11 +155,11 @@ class LocalTraceDir:
         """Write one step's Parquet file (a path to copy, or bytes) and remember its manifest line."""
         step = int(step)
         dest = self.dest / step_relpath(step)
+        check = lambda tmp: _step_line(tmp, step, stats or {})  # noqa: E731 (validates before the rename)
         if isinstance(src, Path):
-            _atomic_write(dest, src=src)
+            self._lines[step] = _atomic_write(dest, src=src, check=check)
         else:
-            _atomic_write(dest, data=src)
-        self._lines[step] = _step_line(dest, step, stats or {})
+            self._lines[step] = _atomic_write(dest, data=src, check=check)
         return dest
 
     def close(self) -> Path:
@@ -182,6 +188,13 @@ def write_local_trace(
         if progress:
             progress(i, len(steps))
     return out.close()
+
+
+def default_dest(run_id: str) -> Path:
+    """``./wbtrace-<run_id>``; the id comes from the source, so it must be a plain name."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", run_id or "") or run_id in (".", ".."):
+        raise SourceError(f"run id {run_id!r} is not a plain name: pass --dest")
+    return Path(f"wbtrace-{run_id}")
 
 
 def safe_join(root: str | Path, name: str) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wbtrace.errors import SourceError, require
-from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, format_steps, safe_join
+from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, default_dest, format_steps, safe_join
 from wbtrace.store import RUN_JSON, VOCAB_FILE, step_relpath
 
 ARTIFACT_TYPE = "entropy-trace"  # same as wbtrace.sinks.wandb.ARTIFACT_TYPE (not imported: sinks stay apart)
@@ -72,7 +72,7 @@ def pull_wandb(ref: str, spec: StepSpec, dest: str | Path | None = None, *, enti
     except _lookup_errors() as e:
         raise SourceError(f"unknown W&B run {base}/{run_id} ({_first_line(e)})") from None
     steps = list(spec.steps) if spec.only_explicit else spec.resolve(available_steps(api, base, run_id))
-    out = LocalTraceDir(dest if dest is not None else Path(f"wbtrace-{run_id}"))
+    out = LocalTraceDir(dest if dest is not None else default_dest(run_id))
     for i, step in enumerate(steps, 1):
         art = _artifact(api, base, run_id, step)
         with tempfile.TemporaryDirectory(prefix="wbtrace-pull-") as tmp:

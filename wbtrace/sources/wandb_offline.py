@@ -14,7 +14,7 @@ import hashlib
 from pathlib import Path
 
 from wbtrace.errors import SourceError, TraceFormatError
-from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, safe_join
+from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, default_dest, safe_join
 from wbtrace.sources.wandb_file import ArtifactEntry, ArtifactRecord, read_run_log
 from wbtrace.store import RUN_JSON, VOCAB_FILE
 
@@ -87,7 +87,7 @@ def pull_offline(run_dir: str | Path, spec: StepSpec, dest: str | Path | None = 
     if not versions:
         raise SourceError(f"{run_dir}: this W&B run has no wbtrace artifacts")
     steps = spec.resolve(versions)
-    out = LocalTraceDir(dest if dest is not None else Path(f"wbtrace-{run_id}"))
+    out = LocalTraceDir(dest if dest is not None else default_dest(run_id))
     for i, step in enumerate(steps, 1):
         art = versions[step]
         files = {e.path: e for e in art.entries}
