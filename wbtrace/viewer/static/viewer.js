@@ -95,17 +95,23 @@
     const r = Math.round(x);
     return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
   }
-  function entropyRGB(h) {
-    if (!(h > STOPS[0][0])) return STOPS[0][1];
-    for (let k = 0; k < STOPS.length - 1; k++) {
-      const [x0, c0] = STOPS[k], [x1, c1] = STOPS[k + 1];
-      if (h <= x1) {
-        const f = (h - x0) / (x1 - x0);
-        return [0, 1, 2].map((j) => roundHalfEven(c0[j] + f * (c1[j] - c0[j])));
+  function entropyInto(h, out, o) { // entropyRGB written into out[o..o+2], no allocation (strip painting)
+    let c = STOPS[STOPS.length - 1][1];
+    if (!(h > STOPS[0][0])) c = STOPS[0][1];
+    else {
+      for (let k = 0; k < STOPS.length - 1; k++) {
+        const x0 = STOPS[k][0], c0 = STOPS[k][1], x1 = STOPS[k + 1][0], c1 = STOPS[k + 1][1];
+        if (h <= x1) {
+          const f = (h - x0) / (x1 - x0);
+          for (let j = 0; j < 3; j++) out[o + j] = roundHalfEven(c0[j] + f * (c1[j] - c0[j]));
+          return out;
+        }
       }
     }
-    return STOPS[STOPS.length - 1][1];
+    out[o] = c[0]; out[o + 1] = c[1]; out[o + 2] = c[2];
+    return out;
   }
+  const entropyRGB = (h) => entropyInto(h, [0, 0, 0], 0);
   const isDark = (c) => 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2] <= 140; // palette.text_color_for
   const rgb = (c) => "rgb(" + c[0] + "," + c[1] + "," + c[2] + ")";
 
@@ -215,54 +221,88 @@
   }
 
   // ---------- virtual list ----------
+  // Scrolling must not stall: row elements (and their canvases) are recycled rather than rebuilt, and
+  // each response's strip pixels are computed once per step and cached (STRIP_W x 4 bytes a row).
+  const STRIP_W = 240;
   const rowPool = new Map(); // position in order -> row element
+  const spareRows = []; // detached row elements, reused for positions that scroll into view
   function renderList(force) {
     const list = $("list"), d = state.data;
-    if (force) { for (const e of rowPool.values()) e.remove(); rowPool.clear(); }
-    const first = Math.max(0, Math.floor(list.scrollTop / ROW_H) - 4);
-    const last = Math.min(state.order.length, Math.ceil((list.scrollTop + list.clientHeight) / ROW_H) + 4);
-    for (const [pos, e] of rowPool) if (pos < first || pos >= last) { e.remove(); rowPool.delete(pos); }
+    if (force) { for (const e of rowPool.values()) spareRows.push(e); rowPool.clear(); } // refilled below as needed
+    const top = list.scrollTop, height = list.clientHeight; // read layout before any DOM write
+    const first = Math.max(0, Math.floor(top / ROW_H) - 4);
+    const last = Math.min(state.order.length, Math.ceil((top + height) / ROW_H) + 4);
+    for (const [pos, e] of rowPool) if (pos < first || pos >= last) { rowPool.delete(pos); spareRows.push(e); }
+    const frag = document.createDocumentFragment();
     for (let pos = first; pos < last; pos++) {
       const r = state.order[pos];
       let e = rowPool.get(pos);
-      if (!e) { e = makeRow(d, r); e.style.top = pos * ROW_H + "px"; list.appendChild(e); rowPool.set(pos, e); }
+      if (!e || e.wb.d !== d || e.wb.r !== r) {
+        if (!e) { e = spareRows.pop() || newRow(); rowPool.set(pos, e); }
+        fillRow(e, d, r);
+        e.style.top = pos * ROW_H + "px";
+        if (!e.parentNode) frag.appendChild(e);
+      }
       e.classList.toggle("sel", r === state.sel);
     }
+    if (frag.firstChild) list.appendChild(frag);
+    for (const e of spareRows) if (e.parentNode) e.remove();
   }
 
-  function makeRow(d, r) {
-    const c = d.cols, row = el("div", "item");
-    row.dataset.row = String(r);
-    const l1 = el("div", "l1");
-    l1.appendChild(el("span", "sid", "#" + c.sample_id[r]));
-    if (c.group_id) { const g = el("span", "grp", "g " + c.group_id[r]); g.title = String(c.group_id[r]); l1.appendChild(g); }
-    if (c.correct && c.correct[r] !== null) l1.appendChild(el("span", "badge " + (c.correct[r] ? "ok" : "bad"), c.correct[r] ? "correct" : "wrong"));
-    if (c.kept && c.kept[r] === false) l1.appendChild(el("span", "badge off", "filtered"));
-    if (c.reward) l1.appendChild(el("span", "num", "R " + fmt(c.reward[r], 2)));
-    l1.appendChild(el("span", "num muted", (d.offsets[r + 1] - d.offsets[r]) + " tok"));
-    row.appendChild(l1);
-    const l2 = el("div", "l2");
+  function newRow() { // the fixed skeleton of a row; fillRow puts a response in it
+    const row = el("div", "item"), l1 = el("div", "l1"), l2 = el("div", "l2");
     const cv = document.createElement("canvas");
-    cv.width = 240; cv.height = 1;
-    paintStrip(cv, d, r);
-    l2.appendChild(cv);
-    l2.appendChild(el("span", "num", "H̄ " + fmt(c.entropy_mean[r], 3)));
-    row.appendChild(l2);
+    cv.width = STRIP_W; cv.height = 1;
+    const h = el("span", "num");
+    l2.appendChild(cv); l2.appendChild(h);
+    row.appendChild(l1); row.appendChild(l2);
+    row.wb = { l1, cv, ctx: cv.getContext("2d"), h, d: null, r: -1 };
     return row;
   }
 
-  function paintStrip(cv, d, r) { // the response's entropy along its length, max per pixel column
-    const a = d.offsets[r], n = d.offsets[r + 1] - a, W = cv.width;
-    const ctx = cv.getContext("2d"), img = ctx.createImageData(W, 1);
+  function fillRow(row, d, r) {
+    const c = d.cols, w = row.wb;
+    w.d = d; w.r = r;
+    row.dataset.row = String(r);
+    const l1 = [el("span", "sid", "#" + c.sample_id[r])];
+    if (c.group_id) { const g = el("span", "grp", "g " + c.group_id[r]); g.title = String(c.group_id[r]); l1.push(g); }
+    if (c.correct && c.correct[r] !== null) l1.push(el("span", "badge " + (c.correct[r] ? "ok" : "bad"), c.correct[r] ? "correct" : "wrong"));
+    if (c.kept && c.kept[r] === false) l1.push(el("span", "badge off", "filtered"));
+    if (c.reward) l1.push(el("span", "num", "R " + fmt(c.reward[r], 2)));
+    l1.push(el("span", "num muted", (d.offsets[r + 1] - d.offsets[r]) + " tok"));
+    w.l1.replaceChildren(...l1);
+    w.h.textContent = "H̄ " + fmt(c.entropy_mean[r], 3);
+    w.ctx.putImageData(stripImage(d, r), 0, 0);
+  }
+
+  function stripImage(d, r) { // the response's entropy along its length, max per pixel column; cached
+    if (!d.strips) d.strips = new Array(d.n);
+    let img = d.strips[r];
+    if (img) return img;
+    img = d.strips[r] = new ImageData(STRIP_W, 1);
+    const a = d.offsets[r], n = d.offsets[r + 1] - a, W = STRIP_W, px = img.data, ent = d.ent;
     for (let x = 0; x < W; x++) {
       let h = -1;
       const lo = a + Math.floor((x * n) / W), hi = Math.max(lo + 1, a + Math.floor(((x + 1) * n) / W));
-      if (lo >= a + n) { img.data[4 * x + 3] = 0; continue; }
-      for (let i = lo; i < hi; i++) if (d.ent[i] > h) h = d.ent[i];
-      const col = entropyRGB(h);
-      img.data.set([col[0], col[1], col[2], 255], 4 * x);
+      if (lo >= a + n) continue; // past the end: stays transparent
+      for (let i = lo; i < hi; i++) if (ent[i] > h) h = ent[i];
+      entropyInto(h, px, 4 * x);
+      px[4 * x + 3] = 255;
     }
-    ctx.putImageData(img, 0, 0);
+    return img;
+  }
+
+  function precomputeStrips(d) { // fill the strip cache in idle time, list order first, so scrolling finds it ready
+    const idle = window.requestIdleCallback || ((fn) => setTimeout(() => { const t = performance.now(); fn({ timeRemaining: () => 8 - (performance.now() - t) }); }, 50));
+    const order = state.order;
+    let k = 0;
+    const work = (deadline) => {
+      if (state.data !== d) return;
+      const total = order.length + d.n; // the listed rows, then every row (cached ones return at once)
+      for (; k < total && deadline.timeRemaining() > 1; k++) stripImage(d, k < order.length ? order[k] : k - order.length);
+      if (k < total) idle(work);
+    };
+    idle(work);
   }
 
   // ---------- response detail ----------
@@ -439,7 +479,10 @@
     });
     $("export-csv").addEventListener("click", () => download("wbtrace_step" + state.data.step + "_selection.csv", selectionCSV()));
     const list = $("list");
-    list.addEventListener("scroll", () => requestAnimationFrame(() => renderList(false)), { passive: true });
+    let listFrame = 0; // one list update per frame, however many scroll events arrive
+    list.addEventListener("scroll", () => {
+      if (!listFrame) listFrame = requestAnimationFrame(() => { listFrame = 0; renderList(false); });
+    }, { passive: true });
     list.addEventListener("click", (ev) => {
       const row = ev.target.closest(".item");
       if (row) selectResponse(Number(row.dataset.row));
@@ -467,6 +510,7 @@
     for (const name of ["entropy_histogram", "entropy_by_position", "entropy_correct_box", "forking_tokens"]) embed(name, d.charts[name]);
     applyFilters();
     if (state.order.length) selectResponse(state.order[0]);
+    precomputeStrips(d);
     document.body.dataset.step = String(step);
   }
 
