@@ -6,7 +6,10 @@ build time, file size, time from navigation to the first token spans on screen, 
 fully wired, to the longest response (8k tokens) being fully rendered, and the long tasks (> 50 ms,
 "freezes") seen while scrolling the response list top to bottom.
 
-    .venv/bin/python scripts/bench_view.py [--responses 512] [--max-len 8192] [--min-len 1]
+    .venv/bin/python scripts/bench_view.py [--responses 512] [--max-len 8192] [--min-len 1] [--cpu-throttle 1]
+
+--cpu-throttle N slows the page's main thread N times (CDP Emulation.setCPUThrottlingRate), to see on an
+idle machine the scroll stalls that a loaded one shows.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ def make_trace(root: Path, n: int, max_len: int, min_len: int) -> Path:
     return run_dir
 
 
-def measure(browser, url: str) -> dict[str, float]:
+def measure(browser, url: str, cpu_throttle: float = 1.0) -> dict[str, float]:
     pg = browser.new_page(viewport={"width": 1600, "height": 1200})
+    if cpu_throttle != 1.0:
+        pg.context.new_cdp_session(pg).send("Emulation.setCPUThrottlingRate", {"rate": cpu_throttle})
     pg.add_init_script(LONGTASKS)
     pg.goto(url)
     pg.wait_for_selector("body[data-ready='1']", timeout=300_000)
@@ -64,6 +69,7 @@ def main() -> None:
     ap.add_argument("--responses", type=int, default=512)
     ap.add_argument("--max-len", type=int, default=8192)
     ap.add_argument("--min-len", type=int, default=1)
+    ap.add_argument("--cpu-throttle", type=float, default=1.0, help="slow the page's main thread N times")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -73,14 +79,15 @@ def main() -> None:
         out = write_report(run_dir, Path(tmp) / "report.html")
         build_s = time.perf_counter() - t
         print(f"step: {args.responses} responses x <= {args.max_len} tokens; report built in {build_s:.2f} s, "
-              f"{out.stat().st_size / 1e6:.1f} MB")
+              f"{out.stat().st_size / 1e6:.1f} MB" + (f"; page CPU throttled {args.cpu_throttle:g}x"
+                                                       if args.cpu_throttle != 1.0 else ""))
         app = ViewerApp(run_dir)
         server = make_server(app, "127.0.0.1", 0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
             for name, url in (("file", out.as_uri()), ("serve", f"http://127.0.0.1:{server.server_address[1]}/")):
-                m = measure(browser, url)
+                m = measure(browser, url, args.cpu_throttle)
                 print(f"{name:5s}: first token spans {m['first_render_ms']:.0f} ms, ready {m['ready_ms']:.0f} ms; "
                       f"longest response ({m['spans']} tokens) fully rendered in {m['full_response_ms']:.0f} ms; "
                       f"list scroll: {m['scroll_longtasks']} long tasks, longest {m['scroll_longest_ms']:.0f} ms")

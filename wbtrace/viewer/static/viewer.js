@@ -225,7 +225,7 @@
   // each response's strip pixels are computed once per step and cached (STRIP_W x 4 bytes a row).
   const STRIP_W = 240;
   const rowPool = new Map(); // position in order -> row element
-  const spareRows = []; // detached row elements, reused for positions that scroll into view
+  const spareRows = []; // detached row elements (canvas kept), reused for positions that scroll into view
   function renderList(force) {
     const list = $("list"), d = state.data;
     if (force) { for (const e of rowPool.values()) spareRows.push(e); rowPool.clear(); } // refilled below as needed
@@ -246,7 +246,7 @@
       e.classList.toggle("sel", r === state.sel);
     }
     if (frag.firstChild) list.appendChild(frag);
-    for (const e of spareRows) if (e.parentNode) e.remove();
+    for (const e of spareRows) { if (e.parentNode) e.remove(); e.wb.d = null; } // hold no old step alive
   }
 
   function newRow() { // the fixed skeleton of a row; fillRow puts a response in it
