@@ -160,8 +160,28 @@ class WandbSink(TraceSink):
             return
         try:
             self.run.finish(exit_code=0 if status == "success" else 1)
+            if self.run.settings._offline:
+                self._wait_for_offline_log()
         except Exception as e:  # finishing must never turn a finished training into a crash
             logger.warning("wbtrace: finishing the W&B run failed: %s: %s", type(e).__name__, e)
+
+    def _wait_for_offline_log(self, timeout_s: float = 15.0) -> None:
+        """Wait until the offline ``.wandb`` file holds the run's exit record.
+
+        ``run.finish`` can return before W&B's service has flushed the file; a `wbtrace pull` (or a copy
+        of the run dir) right after training would then see a truncated log without the last steps.
+        """
+        import time
+
+        from wbtrace.sources.wandb_file import iter_records
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for path in Path(self.run.settings.sync_dir).glob("*.wandb"):
+                if any(r.WhichOneof("record_type") == "exit" for r in iter_records(path)):
+                    return
+            time.sleep(0.1)
+        logger.warning("wbtrace: the offline W&B log was not complete after %.0f s", timeout_s)
 
     # ------------------------------------------------------------------ helpers
     def _link_run_files(self, run_dir: Path) -> None:
