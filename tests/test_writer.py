@@ -231,3 +231,12 @@ def test_write_after_close_is_refused_not_lost(tmp_path):
     w.close()
     assert not w.write_step(1, **make_step(2, 4, 10, seed=1))
     assert w.report.rejected == 1
+
+
+def test_a_bad_extra_column_costs_the_column_not_the_step(tmp_path):
+    step = make_step(3, 6, 10, seed=1)
+    with TraceWriter(tmp_path) as w:
+        w.write_step(1, **step, prompt_mask=np.ones((3, 4)), note=["a", "b", "c"])  # [N, P] with P != T
+    table = TraceStore(tmp_path).read_step(1)
+    assert "prompt_mask" not in table.column_names and table.column("note").to_pylist() == ["a", "b", "c"]
+    assert w.report.columns_dropped == 1 and w.report.rejected == 0 and "prompt_mask" in w.report.messages[0]

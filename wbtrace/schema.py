@@ -133,6 +133,7 @@ def pack_step(
     logprob: Any = None,
     *,
     logprob_dtype: str = "float16",
+    dropped: list[str] | None = None,
     **columns: Any,
 ) -> pa.Table:
     """Pack padded ``[N, T]`` trainer arrays into a schema-v1 step table (one row per response).
@@ -148,6 +149,9 @@ def pack_step(
         Log-prob of each sampled token under the old policy.
     logprob_dtype : {"float16", "float32"}, default "float16"
         float32 costs about 3.5 more bytes per token.
+    dropped : list, optional
+        When given, an extra column that does not fit (wrong shape or type) is left out and its
+        problem appended here, instead of failing the whole step. The core columns always raise.
     **columns
         Per-response ``[N]`` values (``reward``, ``advantage``, ``group_id``, ``prompt_index``, ``kept``,
         ``correct``, ``score``, ``truncated``, ``prompt_text`` ... or any new name), per-token ``[N, T]``
@@ -195,9 +199,15 @@ def pack_step(
         _check_shape("logprob", lp, ids.shape)
         token_cols["logprob"] = _list_column(lp, mask, offsets_arr, FLOAT_DTYPES[logprob_dtype])
     for name, value in columns.items():
-        if value is not None:
-            target = token_cols if _is_token_level(value, ids.shape) else cols
+        if value is None:
+            continue
+        target = token_cols if _is_token_level(value, ids.shape) else cols
+        try:
             target[name] = _extra_column(name, value, mask, offsets_arr)
+        except BadInputError as e:
+            if dropped is None:
+                raise
+            dropped.append(str(e))
     table = pa.table({**cols, **token_cols})
     return table.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
 

@@ -64,13 +64,15 @@ class WriterReport:
     rejected: int = 0  # bad input: shapes, NaN/inf entropy
     dropped: int = 0  # queue full for longer than max_block_s
     errors: int = 0  # I/O or unexpected errors while writing
+    columns_dropped: int = 0  # optional columns that did not fit; their steps were written without them
     sink_errors: Counter = field(default_factory=Counter)
     last_step: int | None = None
     messages: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.rejected or self.dropped or self.errors or sum(self.sink_errors.values()))
+        return not (self.rejected or self.dropped or self.errors or self.columns_dropped
+                    or sum(self.sink_errors.values()))
 
 
 def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
@@ -376,7 +378,10 @@ class TraceWriter:
 
     def _commit(self, step: int, arrays: dict[str, Any]) -> None:
         try:
-            table = pack_step(step, logprob_dtype=self.logprob_dtype, **arrays)
+            dropped: list[str] = []  # a bad optional column costs that column, not the step
+            table = pack_step(step, logprob_dtype=self.logprob_dtype, dropped=dropped, **arrays)
+            for problem in dropped:
+                self._problem("columns_dropped", f"step {step}: {problem}; column left out, step written")
             entry = commit_step(self.run_dir, step, table, self.threshold)
         except Exception as e:
             with self._lock:
