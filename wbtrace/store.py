@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -70,17 +72,29 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` whole or not at all: temp file in the same dir, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
+                 check: Callable[[Path], Any] | None = None) -> Any:
+    """Write ``data`` (or a copy of the file ``src``) to ``path`` whole or not at all.
+
+    Temp file in the same dir, fsync, rename. ``check(temp_path)`` runs before the rename and its
+    result is returned, so a bad download never replaces a good file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            if src is not None:
+                with open(src, "rb") as s:
+                    shutil.copyfileobj(s, f, 1 << 20)
+            else:
+                f.write(data or b"")
             f.flush()
             os.fsync(f.fileno())
+        result = check(Path(tmp)) if check is not None else None
         os.replace(tmp, path)
+        return result
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -44,7 +44,7 @@ from wbtrace.store import (
     STEPS_DIR,
     VOCAB_FILE,
     TraceStore,
-    atomic_write_bytes,
+    atomic_write,
     parse_step_filename,
     read_manifest,
     step_relpath,
@@ -141,12 +141,12 @@ def init_run_dir(run_dir: Path, run_info: dict[str, Any] | None = None, tokenize
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_commit": _git_commit(),
                 "tokenizer": getattr(tokenizer, "name_or_path", None), **(run_info or {})}
-        atomic_write_bytes(run_dir / RUN_JSON, json.dumps(info, indent=2, default=str).encode())
+        atomic_write(run_dir / RUN_JSON, json.dumps(info, indent=2, default=str).encode())
     if not (run_dir / VOCAB_FILE).exists() and (tokenizer is not None or vocab is not None):
         table = vocab if isinstance(vocab, pa.Table) else build_vocab(tokenizer=tokenizer, pieces=vocab)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
-        atomic_write_bytes(run_dir / VOCAB_FILE, sink.getvalue().to_pybytes())
+        atomic_write(run_dir / VOCAB_FILE, sink.getvalue().to_pybytes())
     return info
 
 
@@ -163,7 +163,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
     manifest = run_dir / MANIFEST
     if manifest.exists() and manifest.stat().st_size and not manifest.read_bytes().endswith(b"\n"):
         good = [json.dumps(e, separators=(",", ":")) + "\n" for e in read_manifest(manifest)]
-        atomic_write_bytes(manifest, "".join(good).encode())
+        atomic_write(manifest, "".join(good).encode())
         log.warning("%s: dropped a torn last line", manifest)
     committed = {e["step"] for e in read_manifest(manifest)
                  if isinstance(e.get("step"), int) and (run_dir / step_relpath(e["step"])).exists()}

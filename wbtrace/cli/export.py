@@ -5,18 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import Progress
 
 from wbtrace.cli.app import main
-from wbtrace.cli.options import format_option, open_store, selected_steps, step_options, trace_dir_argument
+from wbtrace.cli.options import (
+    format_option,
+    open_store,
+    progress_bar,
+    selected_steps,
+    step_options,
+    trace_dir_argument,
+)
 from wbtrace.export import FORMATS, LEVELS, export_steps
-
-
-def progress_bar(total: int, description: str) -> Progress:
-    """A progress bar on stderr (stdout may carry data); hidden for one item or when stderr is no terminal."""
-    console = Console(stderr=True)
-    return Progress(console=console, transient=True, disable=total <= 1 or not console.is_terminal)
 
 
 @main.command("export")
@@ -42,7 +41,7 @@ def export_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, l
     """
     store = open_store(trace_dir)
     chosen = selected_steps(store, steps, step_range)
-    with progress_bar(len(chosen), "export") as bar:
+    with progress_bar(show=len(chosen) > 1) as bar:
         task = bar.add_task("exporting", total=len(chosen))
         rows = export_steps(store, chosen, output, fmt, level, where, progress=lambda _: bar.advance(task))
     if output != "-":

@@ -7,10 +7,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.progress import Progress
 
 from wbtrace.cli.app import main
+from wbtrace.cli.options import progress_bar
 from wbtrace.errors import BadInputError, SourceError
 
 _URI_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", "databricks")
@@ -82,7 +81,7 @@ def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, ru
         uri = tracking_uri or uri_from_dst or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None and is_local:
             uri = default_tracking_uri(trace_dir)
-        with Progress(console=Console(stderr=True), transient=True) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("mirroring", total=None)
             report = mirror_trace(trace_dir, uri, run_id=run_id, experiment=experiment, run_name=run_name,
                                   wandb_run_id=wandb_run_id,

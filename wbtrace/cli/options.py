@@ -6,6 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.progress import Progress
 
 from wbtrace.store import TraceStore
 
@@ -36,6 +38,12 @@ def selected_steps(store: TraceStore, steps: tuple[int, ...], step_range: str | 
     if not chosen:
         raise BadInputError(f"no steps selected in {store.run_dir} (it has {len(store.steps)} steps)")
     return chosen
+
+
+def progress_bar(show: bool = True) -> Progress:
+    """A progress bar on stderr (stdout may carry data); hidden when ``show`` is false or stderr is no terminal."""
+    console = Console(stderr=True)
+    return Progress(console=console, transient=True, disable=not show or not console.is_terminal)
 
 
 def fmt_float(x: Any, digits: int = 3) -> str:

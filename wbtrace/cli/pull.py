@@ -54,11 +54,11 @@ def pull_cmd(source: str, steps: tuple[int, ...], step_ranges: tuple[str, ...], 
         wbtrace pull wandb/offline-run-20250101_120000-3xk9q2ab --all
         wbtrace pull mlflow://0a1b2c3d --step 5 --tracking-uri http://127.0.0.1:5000
     """
-    from wbtrace.cli.export import progress_bar
+    from wbtrace.cli.options import progress_bar
     from wbtrace.sources.pull import StepSpec
 
     spec = StepSpec.parse(steps, step_ranges, all_steps)
-    with progress_bar(2, "pull") as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"pulling {source}", total=None)
 
         def progress(done: int, total: int) -> None:

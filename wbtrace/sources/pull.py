@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from wbtrace.store import (
     MANIFEST,
     RUN_JSON,
     VOCAB_FILE,
+    atomic_write,
     format_steps,
     parse_steps,
     read_manifest,
@@ -81,27 +80,6 @@ class StepSpec:
         return sorted(chosen)
 
 
-def _atomic_write(dest: Path, data: bytes | None = None, src: Path | None = None,
-                  check: Any = None) -> Any:
-    """Write ``dest`` whole or not at all; ``check(tmp_path)`` runs before the rename (its result returned),
-    so a bad download never replaces a good file."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if src is not None:
-                with open(src, "rb") as s:
-                    shutil.copyfileobj(s, f, 1 << 20)
-            else:
-                f.write(data or b"")
-        result = check(Path(tmp)) if check is not None else None
-        os.replace(tmp, dest)
-        return result
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any]:
     """The manifest line of a pulled step: statistics recomputed from the file, the source's extras kept."""
     import pyarrow.parquet as pq
@@ -147,9 +125,9 @@ class LocalTraceDir:
             raise SourceError(f"{self.dest} already holds a different run: choose another --dest")
         for name, content in ((RUN_JSON, new), (VOCAB_FILE, vocab)):
             if isinstance(content, Path):
-                _atomic_write(self.dest / name, src=content)
+                atomic_write(self.dest / name, src=content)
             else:
-                _atomic_write(self.dest / name, data=content)
+                atomic_write(self.dest / name, data=content)
 
     def add_step(self, step: int, src: bytes | Path, stats: Mapping[str, Any] | None = None) -> Path:
         """Write one step's Parquet file (a path to copy, or bytes) and remember its manifest line."""
@@ -157,15 +135,15 @@ class LocalTraceDir:
         dest = self.dest / step_relpath(step)
         check = lambda tmp: _step_line(tmp, step, stats or {})  # noqa: E731 (validates before the rename)
         if isinstance(src, Path):
-            self._lines[step] = _atomic_write(dest, src=src, check=check)
+            self._lines[step] = atomic_write(dest, src=src, check=check)
         else:
-            self._lines[step] = _atomic_write(dest, data=src, check=check)
+            self._lines[step] = atomic_write(dest, data=src, check=check)
         return dest
 
     def close(self) -> Path:
         """Write ``manifest.jsonl`` (sorted by step) atomically and return the trace dir."""
         text = "".join(json.dumps(self._lines[s], separators=(",", ":")) + "\n" for s in sorted(self._lines))
-        _atomic_write(self.dest / MANIFEST, data=text.encode())
+        atomic_write(self.dest / MANIFEST, data=text.encode())
         return self.dest
 
 
