@@ -9,7 +9,9 @@
 #   smoke [k=v..]   convert the model once, then 3 traced steps on 1 GPU (timings before the long run)
 #   start [k=v..]   launch the 100-step run on 1 GPU (W&B offline + MLflow embedded) with setsid
 #   wait [S]        wait up to S seconds (default 540) for the run to end; show the log tail
-#   twogpu [k=v..]  STEPS (20) steps on 2 GPUs (one Ray actor each, NCCL), then one more on 1 GPU from its checkpoint
+#   twogpu [k=v..]  STEPS (20) steps on 2 GPUs (one Ray actor each, NCCL), then MORE (1) on 1 GPU from its checkpoint
+#   compare         in the background: the 1-vs-2-GPU comparison of docs/runs/two-gpu.md, one run after the
+#                   other on the same machine (1 GPU, 2 GPUs, resume on 1 GPU, 2 GPUs x 2 prompts, tracing off)
 #   stop            end the background run with SIGINT (the trace is crash-safe either way)
 #   pack            archive traces, the W&B offline run dir, the MLflow store and logs into $OUT
 set -euo pipefail
@@ -24,7 +26,8 @@ SINKS=("trainer.logger=[console,wandb]" trainer.wandb.mode=offline trainer.entro
 cmd=${1:?usage: h100_session.sh smoke|start|wait|twogpu|pack}; shift
 GEN1=algorithm.filter_groups.max_num_gen_batches=1  # one generation batch per step: 100 steps fit the GPU budget
 progress() {
-  for f in "$RUN"/h100.log "$RUN"/two.log "$RUN"/two_resume.log; do
+  for f in "$RUN"/*.log; do
+    [ "$(basename "$f")" = chain.log ] && continue
     [ -f "$f" ] && echo "$(basename "$f"): $(grep -c '^step' "$f") steps | $(grep '^step' "$f" | tail -n 1)"
   done
   return 0
@@ -44,6 +47,21 @@ case "$cmd" in
     OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh $GEN1 ray.address=local trainer.num_workers=1 \
       trainer.total_training_steps=11 >"$RUN/two_resume.log" 2>&1
     wait ;;
+  compare)
+    setsid nohup bash scripts/h100_session.sh _compare </dev/null >"$RUN/chain.log" 2>&1 &
+    sleep "${1:-30}"; progress ;;
+  _compare)
+    # Same seed, prompts and sampling settings for every run; ray.address=local: a fresh Ray instance each.
+    run() { local name=$1; shift; OUTPUT_DIR=$RUN/$name bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 \
+      ray.address=local "$@" >"$RUN/${LOG:-$name}.log" 2>&1 || echo "${LOG:-$name} failed" >>"$RUN/chain.log"; }
+    N=${STEPS:-20}
+    CUDA_VISIBLE_DEVICES=0 run one trainer.num_workers=1 "trainer.total_training_steps=$N"
+    run two trainer.num_workers=2 "trainer.total_training_steps=$N" "trainer.save_freq=$N"
+    CUDA_VISIBLE_DEVICES=0 LOG=two_resume run two trainer.num_workers=1 "trainer.total_training_steps=$((N + 1))"
+    run two_x2 trainer.num_workers=2 data.train_batch_size=16 trainer.total_training_steps=10
+    CUDA_VISIBLE_DEVICES=0 run one_notrace trainer.num_workers=1 trainer.total_training_steps=10 trainer.entropy_trace.enable=false
+    run two_notrace trainer.num_workers=2 trainer.total_training_steps=10 trainer.entropy_trace.enable=false
+    echo "compare done" >>"$RUN/chain.log" ;;
   progress) progress ;;
   smoke)
     nvidia-smi -L
@@ -53,7 +71,7 @@ case "$cmd" in
     OUTPUT_DIR=$RUN/h100 setsid nohup bash scripts/train_dapo_h100.sh "${SINKS[@]}" "$@" >"$RUN/h100.log" 2>&1 </dev/null &
     sleep 60; tail -n 6 "$RUN/h100.log" ;;
   wait)
-    for _ in $(seq "${1:-540}"); do pgrep -f "train --preset h100" >/dev/null || break; sleep 1; done
+    for _ in $(seq "${1:-540}"); do pgrep -f "_compare|_chain|train --preset h100" >/dev/null || break; sleep 1; done
     progress ;;
   stop)
     pkill -INT -f "train --preset h100" || true
@@ -61,18 +79,24 @@ case "$cmd" in
     pkill -KILL -f "train --preset h100" || true; ray stop --force >/dev/null 2>&1 || true
     tail -n 4 "$RUN/h100.log" ;;
   twogpu)
-    n=${STEPS:-20}
-    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" trainer.num_workers=2 "trainer.total_training_steps=$n" \
-      "trainer.save_freq=$n" "$@" >"$RUN/two.log" 2>&1
-    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh trainer.num_workers=1 "trainer.total_training_steps=$((n + 1))" "$@" \
-      >"$RUN/two_resume.log" 2>&1
-    tail -n 4 "$RUN/two.log" "$RUN/two_resume.log" ;;
+    # STEPS on 2 GPUs, then MORE steps on 1 GPU from its checkpoint: the load-back check and the 1-GPU
+    # timing of the same policy; the 1-GPU part ends (SIGINT, crash-safe) by DEADLINE seconds if set.
+    n=${STEPS:-20} more=${MORE:-1} t0=$SECONDS
+    OUTPUT_DIR=$RUN/two bash scripts/train_dapo_h100.sh "${SINKS[@]}" $GEN1 ray.address=local trainer.num_workers=2 \
+      "trainer.total_training_steps=$n" "trainer.save_freq=$n" "$@" >"$RUN/two.log" 2>&1
+    left=$(( ${DEADLINE:-100000} - (SECONDS - t0) ))
+    CUDA_VISIBLE_DEVICES=0 OUTPUT_DIR=$RUN/two timeout -s INT -k 20 "$left" bash scripts/train_dapo_h100.sh "${SINKS[@]}" \
+      $GEN1 ray.address=local trainer.num_workers=1 "trainer.total_training_steps=$((n + more))" "$@" \
+      >"$RUN/two_resume.log" 2>&1 || true
+    progress ;;
   pack)
     h=$RUN/h100
-    tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl || true
-    tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts || true
-    tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" . || true
-    tar -C "$RUN" -czf "$OUT/two.tgz" --exclude=checkpoints --exclude=mlflow-artifacts two/metrics.jsonl two/entropy_trace || true
+    [ -d "$h" ] && tar -C "$h" -czf "$OUT/h100-trace.tgz" --exclude=mlflow.db --exclude=mlflow-artifacts entropy_trace metrics.jsonl || true
+    [ -d "$h" ] && tar -C "$h/entropy_trace" -czf "$OUT/h100-mlflow.tgz" mlflow.db mlflow-artifacts || true
+    [ -d "$h" ] && tar -C "$h/wandb" -czf "$OUT/h100-wandb.tgz" . || true
+    runs=$(cd "$RUN" && ls -d one* two* 2>/dev/null | grep -v '\.log$' || true)
+    [ -n "$runs" ] && tar -C "$RUN" -czf "$OUT/runs.tgz" --exclude=checkpoints --exclude=mlflow-artifacts \
+      --exclude=mlflow.db --exclude=wandb $runs || true
     tar -C "$RUN" -czf "$OUT/logs.tgz" --exclude='*.tgz' $(cd "$RUN" && ls *.log) || true
     ls -la "$OUT" ;;
   *) echo "unknown subcommand $cmd" >&2; exit 2 ;;

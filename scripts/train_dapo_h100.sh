@@ -14,6 +14,6 @@ if [[ -n "${WBTRACE_GGUF:-}" ]]; then GGUF_ARG=("model.gguf_file=$WBTRACE_GGUF")
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 TOKENIZERS_PARALLELISM=false
 # W&B offline (GPU clusters are often air-gapped; `wandb sync` later) and the MLflow mirror on its embedded
 # default: both on by default here, each overridable, e.g. trainer.logger=[console] .
-"$PY" -c "from wbtrace.cli import main; main()" train --preset h100 "trainer.output_dir=$OUTPUT_DIR" \
+exec "$PY" -c "from wbtrace.cli import main; main()" train --preset h100 "trainer.output_dir=$OUTPUT_DIR" \
   "trainer.logger=[console,wandb]" trainer.wandb.mode=offline trainer.entropy_trace.mlflow.enable=true \
   "${GGUF_ARG[@]}" "$@"

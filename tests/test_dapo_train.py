@@ -20,7 +20,7 @@ from wbtrace.cli import main
 from wbtrace.dapo.metrics import METRICS
 
 
-def test_tiny_two_workers_two_steps_write_kept_and_filtered_rows(tmp_path, ray_address):  # noqa: F811
+def test_tiny_two_workers_write_every_row_once_in_order_and_resume_on_one(tmp_path, ray_address):  # noqa: F811
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.num_workers=2",
                                        "trainer.total_training_steps=2", f"trainer.output_dir={out}",
@@ -51,7 +51,18 @@ def test_tiny_two_workers_two_steps_write_kept_and_filtered_rows(tmp_path, ray_a
         for r, k, hi in zip(rows["ratio"], rows["kept"], rows["high_entropy"]):
             assert np.allclose(r, 1.0, atol=1e-3) if k else np.isnan(np.array(r, float)).all()
             assert (sum(hi) >= 1) == k
+        # ranks' shards in rank order: sample_id is the row order, each prompt's responses stay together
+        assert rows["sample_id"] == list(range(len(rows["sample_id"])))
+        runs = [g for i, g in enumerate(rows["group_id"]) if i == 0 or rows["group_id"][i - 1] != g]
+        assert len(runs) == len(set(runs))
     assert (out / "checkpoints" / "latest_checkpointed_iteration.txt").read_text() == "2"
+    # the 2-worker checkpoint loads on 1 worker and the run goes on in the same trace
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.num_workers=1",
+                                       "trainer.total_training_steps=3", f"trainer.output_dir={out}",
+                                       "trainer.logger=[console]"])
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 2" in result.output
+    assert TraceStore(out / "entropy_trace").steps == [1, 2, 3]
 
 
 def _train_cmd(out, address):

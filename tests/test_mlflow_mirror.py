@@ -173,3 +173,12 @@ def test_pull_errors_are_one_clear_line(server, tmp_path):
     dead = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(SourceError, match=f"cannot reach the MLflow server at {dead}"):
         pull_mlflow(run_id, None, tmp_path / "x", dead)
+
+
+def test_two_traces_made_in_the_same_second_mirror_into_two_runs(server, tmp_path):
+    """Same settings, same second: the trace id in run.json still tells them apart."""
+    a = write_trace(tmp_path / "a", [1, 2])
+    b = write_trace(tmp_path / "b", [1, 2, 3])
+    assert a.run_info["trace_id"] != b.run_info["trace_id"]
+    ra, rb = mirror_trace(a.run_dir, server.uri), mirror_trace(b.run_dir, server.uri)
+    assert ra.run_id != rb.run_id and rb.uploaded == [1, 2, 3]

@@ -23,6 +23,7 @@ import queue
 import subprocess
 import sys
 import threading
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Sequence
@@ -137,7 +138,9 @@ def init_run_dir(run_dir: Path, run_info: dict[str, Any] | None = None, tokenize
     if (run_dir / RUN_JSON).exists():
         info = TraceStore(run_dir).run_info  # checks the schema version
     else:
-        info = {"schema_version": SCHEMA_VERSION, "wbtrace_version": __version__,
+        # trace_id: mirrors find their run by it; a hash of the rest would collide for two traces made
+        # in the same second with the same settings.
+        info = {"schema_version": SCHEMA_VERSION, "trace_id": uuid.uuid4().hex, "wbtrace_version": __version__,
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "git_commit": _git_commit(),
                 "tokenizer": getattr(tokenizer, "name_or_path", None), **(run_info or {})}
