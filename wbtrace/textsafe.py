@@ -1,0 +1,58 @@
+"""Trace strings made safe to show: the one place that decides how untrusted text reaches a terminal.
+
+Token text, group ids, model names and prompts come from other people's traces. Printed raw, a C0/C1
+control or ESC sequence can retitle the window, clear the screen or write the clipboard (OSC 52); a bidi
+control reverses the text after it; rich markup in a string (``[/]``) crashes or restyles rich's output.
+Every command that prints trace data passes it through :func:`terminal_text` (plain output) or
+:func:`rich_text` (rich tables and panels); HTML output escapes in the browser with ``textContent``.
+
+Examples
+--------
+>>> terminal_text("a\\x1b]52;c;aGk=\\x07b")
+'a\\\\x1b]52;c;aGk=\\\\x07b'
+>>> terminal_text("x\\u202ey")
+'x\\\\u202ey'
+>>> terminal_text("line\\nnext", keep_newlines=True)
+'line\\nnext'
+>>> rich_text("[/INST]").plain
+'[/INST]'
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.text import Text
+
+# C0 controls but tab/newline (handled below), DEL, C1 controls, and the Unicode bidi/format controls that
+# reorder or hide text (LRE..RLO, LRI..PDI, LRM/RLM/ALM, zero-width joiners are harmless and kept).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_UNSAFE_WITH_NL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def _escape(m: re.Match) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def terminal_text(text: object, keep_newlines: bool = False) -> str:
+    """``text`` with every control, ESC and bidi character shown as a visible escape (``\\x1b``, ``\\u202e``).
+
+    Parameters
+    ----------
+    text : object
+        Any value from a trace; ``None`` becomes ``""``, other non-strings their ``str``.
+    keep_newlines : bool, default False
+        Keep ``\\n`` and ``\\t`` as they are (for multi-line prompts); otherwise they are escaped too.
+    """
+    s = "" if text is None else str(text)
+    return (_UNSAFE if keep_newlines else _UNSAFE_WITH_NL).sub(_escape, s)
+
+
+def rich_text(text: object, style: str = "", keep_newlines: bool = False) -> Text:
+    """A rich ``Text`` of ``text`` made safe: never parsed as markup, controls escaped."""
+    from rich.text import Text
+
+    return Text(terminal_text(text, keep_newlines=keep_newlines), style=style)
