@@ -53,7 +53,7 @@ def test_docs_config_reference_and_metrics_are_current():
     for key in METRICS:
         assert f"`{key}`" in text
     keys = CliRunner().invoke(main, ["train", "--keys"]).output
-    assert "trainer.entropy_trace.write_every (int, default 1): Write every N-th training step." in keys
+    assert "trainer.entropy_trace.write_every (int, default 1): Write every N-th training step, plus the first and the last." in keys
 
 
 def test_procedural_data_is_deterministic_and_resumable():

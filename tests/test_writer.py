@@ -126,7 +126,7 @@ def test_full_queue_drops_instead_of_stalling(tmp_path):
         def log_step(self, *a):
             time.sleep(0.5)
 
-    w = TraceWriter(tmp_path, sinks=[Slow()], queue_size=1, max_block_s=0.05)
+    w = TraceWriter(tmp_path, sinks=[Slow()], queue_size=1, max_wait_ms=50)
     t0 = time.perf_counter()
     results = [w.write_step(s, **make_step(2, 4, 10, seed=s)) for s in range(4)]
     assert time.perf_counter() - t0 < 1.0
@@ -139,7 +139,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import sys, time
     from wbtrace import TraceWriter
     from wbtrace.synthetic import make_step
-    w = TraceWriter(sys.argv[1], queue_size=2)
+    w = TraceWriter(sys.argv[1], queue_size=2, max_wait_ms=60_000)  # no drops: this test is about kills
     for s in range(1, 1000):
         w.write_step(s, **make_step(64, 2048, 50000, seed=s))
 """)

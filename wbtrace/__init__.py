@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from wbtrace.sampling import TraceSampling
     from wbtrace.store import TraceStore
     from wbtrace.writer import TraceWriter
 
-__all__ = ["TraceWriter", "TraceStore", "__version__"]
+__all__ = ["TraceSampling", "TraceWriter", "TraceStore", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,4 +29,8 @@ def __getattr__(name: str) -> Any:
         from wbtrace.store import TraceStore
 
         return TraceStore
+    if name == "TraceSampling":
+        from wbtrace.sampling import TraceSampling
+
+        return TraceSampling
     raise AttributeError(f"module 'wbtrace' has no attribute {name!r}")

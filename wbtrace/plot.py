@@ -28,7 +28,8 @@ def plot_trace(store: TraceStore, out: Path, steps: list[int] | None = None) -> 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
-    manifest = [e for e in store.manifest if steps is None or e["step"] in set(steps)]
+    wanted = None if steps is None else set(steps)  # built once: one set per line made plot O(steps^2)
+    manifest = [e for e in store.manifest if wanted is None or e["step"] in wanted]
     if not manifest:
         raise BadInputError(f"{store.run_dir}: no steps to plot")
     panels = [_entropy_panel, _share_panel]

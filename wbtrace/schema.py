@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,7 @@ import pyarrow as pa
 
 from wbtrace.errors import BadInputError
 
+log = logging.getLogger("wbtrace")
 SCHEMA_VERSION = 1
 METADATA_KEY = b"wbtrace.schema_version"
 TOKEN_COLUMNS = ("token_ids", "entropy", "logprob")
@@ -134,6 +136,7 @@ def pack_step(
     *,
     logprob_dtype: str = "float16",
     dropped: list[str] | None = None,
+    flags: list[str] | None = None,
     **columns: Any,
 ) -> pa.Table:
     """Pack padded ``[N, T]`` trainer arrays into a schema-v1 step table (one row per response).
@@ -152,6 +155,9 @@ def pack_step(
     dropped : list, optional
         When given, an extra column that does not fit (wrong shape or type) is left out and its
         problem appended here, instead of failing the whole step. The core columns always raise.
+    flags : list, optional
+        Receives what was stored but looks wrong: rows whose mask has holes (compacting them loses the
+        gaps' positions), NaN log-probs. Without it these are logged as warnings.
     **columns
         Per-response ``[N]`` values (``reward``, ``advantage``, ``group_id``, ``prompt_index``, ``kept``,
         ``correct``, ``score``, ``truncated``, ``prompt_text`` ... or any new name), per-token ``[N, T]``
@@ -167,6 +173,7 @@ def pack_step(
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
         raise BadInputError(f"step must be a non-negative integer, got {step!r}")
     ids, mask, flat_entropy = _checked_core(step, token_ids, response_mask, entropy)
+    found = _mask_flags(mask)
     n = ids.shape[0]
     lengths = mask.sum(axis=1, dtype=np.int32)
     offsets = np.zeros(n + 1, dtype=np.int32)
@@ -198,6 +205,9 @@ def pack_step(
         lp = logprob if isinstance(logprob, np.ndarray) else to_numpy(logprob, "logprob")
         _check_shape("logprob", lp, ids.shape)
         token_cols["logprob"] = _list_column(lp, mask, offsets_arr, FLOAT_DTYPES[logprob_dtype])
+        nan = int(np.count_nonzero(np.isnan(token_cols["logprob"].values.to_numpy(zero_copy_only=False))))
+        if nan:
+            found.append(f"logprob has {nan} NaN values among response tokens (stored as NaN)")
     for name, value in columns.items():
         if value is None:
             continue
@@ -208,6 +218,7 @@ def pack_step(
             if dropped is None:
                 raise
             dropped.append(str(e))
+    _report_flags(step, found, flags)
     table = pa.table({**cols, **token_cols})
     return table.replace_schema_metadata({METADATA_KEY: str(SCHEMA_VERSION).encode()})
 
@@ -221,6 +232,7 @@ def _checked_core(step: int, token_ids: Any, response_mask: Any, entropy: Any
     mask = response_mask if isinstance(response_mask, np.ndarray) else to_numpy(response_mask, "response_mask")
     _check_shape("response_mask", mask, ids.shape)
     mask = mask.astype(bool, copy=False)
+    ids = _checked_ids(step, ids, mask)
     ent = entropy if isinstance(entropy, np.ndarray) else to_numpy(entropy, "entropy")
     _check_shape("entropy", ent, ids.shape)
     flat = ent[mask]
@@ -230,6 +242,37 @@ def _checked_core(step: int, token_ids: Any, response_mask: Any, entropy: Any
     if flat.size and float(flat.min()) < -1e-3:
         raise BadInputError(f"step {step}: entropy has negative values (min {float(flat.min()):.4g})")
     return ids, mask, flat
+
+
+def _checked_ids(step: int, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Token ids as integers, checked: stored as int32, a negative id or one above 2**31 - 1 would be wrong."""
+    flat = ids[mask]
+    if ids.dtype.kind == "f" and np.array_equal(flat, np.round(flat)):
+        ids, flat = ids.astype(np.int64), flat.astype(np.int64)
+    if ids.dtype.kind not in "iu":
+        raise BadInputError(f"step {step}: token_ids must be integers, got {ids.dtype}")
+    if flat.size and (int(flat.min()) < 0 or int(flat.max()) > np.iinfo(np.int32).max):
+        raise BadInputError(f"step {step}: token_ids among response tokens range {int(flat.min())}.."
+                            f"{int(flat.max())}; ids must be in [0, 2**31 - 1]")
+    return ids
+
+
+def _mask_flags(mask: np.ndarray) -> list[str]:
+    """Rows whose response tokens are not one contiguous run (``1 0 1``): compaction closes the gaps."""
+    if mask.shape[1] < 2:
+        return []
+    starts = mask[:, 0].astype(np.int32) + (mask[:, 1:] & ~mask[:, :-1]).sum(axis=1, dtype=np.int32)
+    holes = int(np.count_nonzero(starts > 1))
+    return [f"response_mask has gaps in {holes} rows; their tokens are stored contiguously (positions after "
+            "a gap shift)"] if holes else []
+
+
+def _report_flags(step: int, found: list[str], flags: list[str] | None) -> None:
+    if flags is not None:
+        flags.extend(found)
+        return
+    for message in found:
+        log.warning("wbtrace: step %d: %s", step, message)
 
 
 def _is_token_level(value: Any, shape: tuple[int, int]) -> bool:

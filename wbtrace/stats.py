@@ -52,6 +52,10 @@ def step_stats(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[st
     entropy_mean_incorrect`` (the last four only when the step has rewards / correctness).
     """
     ent, rows, _ = token_arrays(table)
+    return _step_scalars(table, ent, rows, threshold)
+
+
+def _step_scalars(table: pa.Table, ent: np.ndarray, rows: np.ndarray, threshold: float) -> dict[str, Any]:
     lengths = table.column("response_length").to_numpy(zero_copy_only=False) if "response_length" in \
         table.column_names else np.bincount(rows, minlength=table.num_rows)
     out: dict[str, Any] = {"n_responses": table.num_rows, "n_tokens": int(ent.size)}
@@ -81,9 +85,13 @@ def step_stats(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[st
 def position_profile(table: pa.Table, bins: int = 10) -> list[float | None]:
     """Mean entropy by relative position in the response (deciles by default: 0-10%, ..., 90-100%)."""
     ent, rows, pos = token_arrays(table)
+    return _profile(ent, rows, pos, table.num_rows, bins)
+
+
+def _profile(ent: np.ndarray, rows: np.ndarray, pos: np.ndarray, n_rows: int, bins: int) -> list[float | None]:
     if not ent.size:
         return [None] * bins
-    lengths = np.bincount(rows, minlength=table.num_rows)
+    lengths = np.bincount(rows, minlength=n_rows)
     rel = pos / np.maximum(lengths[rows], 1)
     b = np.minimum((rel * bins).astype(np.int64), bins - 1)
     sums = np.bincount(b, weights=ent, minlength=bins)
@@ -94,15 +102,38 @@ def position_profile(table: pa.Table, bins: int = 10) -> list[float | None]:
 def forking_tokens(table: pa.Table, threshold: float = DEFAULT_THRESHOLD, top: int = 10) -> list[dict[str, Any]]:
     """The most frequent tokens among those above ``threshold`` ("forking tokens"), with their mean entropy."""
     ent, _, _ = token_arrays(table)
-    ids = pc.list_flatten(table.column("token_ids").combine_chunks()).to_numpy(zero_copy_only=False)
+    return _forks(ent, _flat_ids(table), threshold, top)
+
+
+def _flat_ids(table: pa.Table) -> np.ndarray:
+    return pc.list_flatten(table.column("token_ids").combine_chunks()).to_numpy(zero_copy_only=False)
+
+
+def _forks(ent: np.ndarray, ids: np.ndarray, threshold: float, top: int) -> list[dict[str, Any]]:
     high = ent > threshold
     if not high.any():
         return []
-    uniq, inv, counts = np.unique(ids[high], return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ent[high])
+    hi_ids = ids[high]
+    if int(hi_ids.min()) >= 0 and int(hi_ids.max()) < 1 << 22:  # a vocabulary: O(n) counting, no sort
+        all_counts = np.bincount(hi_ids)
+        uniq = np.flatnonzero(all_counts)
+        counts = all_counts[uniq]
+        sums = np.bincount(hi_ids, weights=ent[high])[uniq]
+    else:
+        uniq, inv, counts = np.unique(hi_ids, return_inverse=True, return_counts=True)
+        sums = np.bincount(inv, weights=ent[high])
     order = np.argsort(-counts, kind="stable")[:top]
     return [{"token_id": int(uniq[i]), "count": int(counts[i]), "entropy_mean": float(sums[i] / counts[i])}
             for i in order]
+
+
+def step_summary(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """`step_stats` plus ``entropy_by_position`` (deciles) and ``forking_tokens`` (top 10): what the
+    manifest stores per step, so ``wbtrace stats`` over a whole run reads no step file."""
+    ent, rows, pos = token_arrays(table)
+    return {**_step_scalars(table, ent, rows, threshold),
+            "entropy_by_position": _profile(ent, rows, pos, table.num_rows, 10),
+            "forking_tokens": _forks(ent, _flat_ids(table), threshold, 10)}
 
 
 def histogram(table: pa.Table, bins: int = 40, max_entropy: float | None = None) -> tuple[np.ndarray, np.ndarray]:

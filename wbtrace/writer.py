@@ -1,12 +1,17 @@
 """TraceWriter: what a trainer calls every step. Asynchronous, atomic, resumable, never fatal.
 
-``write_step`` copies the caller's arrays (one device-to-host copy) and puts them on a bounded queue;
-a background thread packs the Parquet file, renames it into place, appends the manifest line and
-hands the committed step to the sinks (W&B, MLflow). Rules (DESIGN.md section 8):
+``write_step`` only hands the step over: it copies numpy / CPU-tensor buffers (a memcpy, or nothing
+with ``copy=False``), starts pinned non-blocking device-to-host copies of CUDA tensors, and queues
+them. A background thread waits for those copies, converts dtypes, validates, samples, packs the
+Parquet file, renames it into place, appends the manifest line and hands the committed step to the
+sinks (W&B, MLflow). Rules (DESIGN.md section 8):
 
 * Tracing never kills or stalls training: every error becomes a warning and a counter in the
-  `WriterReport` that ``close()`` returns; when the queue is full for ``max_block_s`` the step is
-  dropped (counted), rather than blocking the training loop longer.
+  `WriterReport` that ``close()`` returns, and ``TraceWriter(...)`` itself does not raise on an
+  unwritable path or a full disk (the writer is then disabled and says so in its report).
+* Full-queue policy: at most ``queue_size`` steps wait for the writer (that bounds host memory).
+  When all slots are taken, ``write_step`` waits at most ``max_wait_ms`` (default 100 ms) for one, then
+  drops the step and counts it in ``report.dropped``; it never blocks for seconds.
 * A step file appears whole or not at all (temp file + fsync + rename); the manifest names only
   whole files. A new writer on the same directory cleans temp files, adds manifest lines for whole
   files a crash left unnamed, repairs a torn manifest tail, and skips steps already committed.
@@ -36,9 +41,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError
+from wbtrace.sampling import TraceSampling, choose_rows, group_codes
 from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
 from wbtrace.sinks.base import TraceSink
-from wbtrace.stats import DEFAULT_THRESHOLD, step_stats
+from wbtrace.stats import DEFAULT_THRESHOLD, step_summary
 from wbtrace.store import (
     MANIFEST,
     RUN_JSON,
@@ -62,10 +68,12 @@ class WriterReport:
 
     written: int = 0
     skipped: int = 0  # steps already in the trace (written twice, or re-run after a resume)
-    rejected: int = 0  # bad input: shapes, NaN/inf entropy
-    dropped: int = 0  # queue full for longer than max_block_s
-    errors: int = 0  # I/O or unexpected errors while writing
+    rejected: int = 0  # bad input: shapes, NaN/inf entropy, token ids outside int32
+    dropped: int = 0  # queue full for longer than max_wait_ms
+    errors: int = 0  # I/O or unexpected errors while writing (or the trace dir could not be set up)
     columns_dropped: int = 0  # optional columns that did not fit; their steps were written without them
+    flagged: int = 0  # stored but suspicious (mask with gaps, NaN log-probs): see messages
+    sampled_out: int = 0  # steps the sampling settings leave out (not a problem)
     sink_errors: Counter = field(default_factory=Counter)
     last_step: int | None = None
     messages: list[str] = field(default_factory=list)
@@ -110,10 +118,17 @@ def append_manifest(run_dir: Path, entry: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """Write a packed step table into ``run_dir`` and name it in the manifest; returns the manifest entry."""
+def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DEFAULT_THRESHOLD,
+                full: pa.Table | None = None, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write a packed step table into ``run_dir`` and name it in the manifest; returns the manifest entry.
+
+    ``full``: the whole step when ``table`` is a sample of it; the manifest's statistics are the whole
+    step's (exact), and ``sampling`` says what the file holds.
+    """
     rel = step_relpath(step)
-    stats = step_stats(table, threshold)  # before the file exists: a failure here leaves nothing behind
+    stats = step_summary(table if full is None else full, threshold)  # before the file: a failure leaves nothing
+    if sampling is not None:
+        stats["sampling"] = sampling
     nbytes = write_parquet_atomic(table, run_dir / rel)
     entry = {"step": step, "file": rel, "bytes": nbytes, **stats,
              "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
@@ -175,7 +190,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
         if step is None or step in committed:
             continue
         try:
-            stats = step_stats(pq.read_table(path), threshold)
+            stats = step_summary(pq.read_table(path), threshold)
         except Exception as e:  # unreadable, or not a step table: keep the bytes, out of the way
             path.rename(path.with_name(path.name + ".corrupt"))
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)
@@ -188,18 +203,69 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
 
 _ARRAYS = frozenset({"token_ids", "response_mask", "entropy", "logprob", "reward", "advantage", "group_id",
                       "prompt_index", "kept"})
+# Converted on the GPU before the copy (fewer bytes over PCIe, nothing lost). Token ids are not: they
+# are range-checked as given, in the writer thread, and a cast on the device would hide the overflow.
+_DEVICE_DTYPES = {"response_mask": "bool", "entropy": "float16"}
 
 
-def _snapshot(value: Any, name: str, dtypes: dict[str, Any]) -> Any:
-    """Copy a value the caller owns, in the dtype it is stored in (half the bytes of int64/float32).
+class _DeviceCopy:
+    """A CUDA tensor on its way to a pinned host buffer: the copy is queued on the tensor's stream
+    and ``wait()`` (writer thread) blocks on its event, so the caller never waits for the GPU."""
 
-    A list of arrays under an extra name (``prompt_token_ids``) stays a list, even when the arrays
-    happen to have one length: stacking it would make it look token-level.
+    __slots__ = ("host", "event")
+
+    def __init__(self, t: Any, dtype: str | None) -> None:
+        import torch
+
+        with torch.cuda.device(t.device):
+            if dtype is not None:
+                t = t.to(getattr(torch, dtype))
+            elif t.dtype == torch.bfloat16:
+                t = t.float()  # numpy has no bfloat16
+            # pinned blocks come from torch's caching host allocator: steady-state steps reuse them
+            self.host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            self.host.copy_(t, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(t.device))
+
+    def wait(self) -> np.ndarray:
+        self.event.synchronize()
+        return self.host.numpy()
+
+
+def _handoff(value: Any, name: str, copy: bool, dtypes: dict[str, str]) -> Any:
+    """What ``write_step`` keeps of a value the caller owns: as little work as makes it safe to keep.
+
+    numpy and CPU tensors are copied (one memcpy, no conversion) unless ``copy`` is False (the caller
+    gives them up); CUDA tensors start a non-blocking copy to pinned memory; lists are copied shallowly.
     """
-    if name not in _ARRAYS and isinstance(value, (list, tuple)) and value and hasattr(value[0], "__len__") \
-            and not isinstance(value[0], str):
-        return [to_numpy(v, name) for v in value]
-    return to_numpy(value, name, dtypes.get(name))
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        t = value.detach()
+        if t.device.type == "cuda":
+            return _DeviceCopy(t, dtypes.get(name))
+        return t.clone() if copy else t
+    if isinstance(value, np.ndarray):
+        return value.copy() if copy else value
+    if isinstance(value, (list, tuple)):
+        return [_handoff(v, name, copy, dtypes) if hasattr(v, "__array__") or hasattr(v, "detach") else v
+                for v in value]
+    return value
+
+
+def _to_host(value: Any, name: str) -> Any:
+    """Writer-thread side of `_handoff`: numpy arrays (a list of arrays under an extra name stays a list,
+    even when they happen to have one length: stacking it would make it look token-level)."""
+    if isinstance(value, _DeviceCopy):
+        return value.wait()
+    if isinstance(value, list):
+        value = [v.wait() if isinstance(v, _DeviceCopy) else v for v in value]
+        if name not in _ARRAYS and value and hasattr(value[0], "__len__") and not isinstance(value[0], str):
+            return [to_numpy(v, name) for v in value]
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and value.device.type == "cpu":  # ours already (cloned in the hand-off)
+        return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+    return to_numpy(value, name)
 
 
 class TraceWriter:
@@ -208,7 +274,9 @@ class TraceWriter:
     Parameters
     ----------
     run_dir : str or Path
-        Created if missing. An existing trace is resumed: committed steps are kept and skipped.
+        Created if missing. An existing trace is resumed: committed steps are kept and skipped. If it
+        cannot be set up (unwritable, full disk), the writer is disabled and says so in its report; a
+        directory that is not a trace this wbtrace can extend raises `TraceFormatError` (a setup error).
     tokenizer : transformers tokenizer, optional
         Builds ``vocab.parquet`` (token id -> text) so readers need no tokenizer.
     vocab : list of str or pyarrow.Table, optional
@@ -218,9 +286,17 @@ class TraceWriter:
     sinks : sequence of TraceSink, default ()
         Receive every committed step (W&B, MLflow); their errors are counted, never raised.
     queue_size : int, default 4
-        Steps waiting to be written; bounds host memory.
-    max_block_s : float, default 30.0
-        Longest ``write_step`` waits on a full queue before dropping the step.
+        Steps handed over but not yet written; bounds host memory.
+    max_wait_ms : float, default 100
+        Longest ``write_step`` waits for a free queue slot before dropping the step (counted in
+        ``report.dropped``).
+    copy : bool, default True
+        Copy numpy arrays and CPU tensors in ``write_step`` (one memcpy). False hands them over: the
+        caller must not write into them afterwards, and the hand-off costs nothing. CUDA tensors are
+        always copied (pinned, non-blocking).
+    sampling : TraceSampling, optional
+        Which steps and which groups of responses to store (default: everything); see
+        `wbtrace.sampling`.
     logprob_dtype : {"float16", "float32"}, default "float16"
     threshold : float, default 0.672
         Entropy threshold of the ``share_above`` statistic.
@@ -239,26 +315,40 @@ class TraceWriter:
 
     def __init__(self, run_dir: str | os.PathLike, *, tokenizer: Any = None,
                  vocab: Sequence[str] | pa.Table | None = None, run_info: dict[str, Any] | None = None,
-                 sinks: Sequence[TraceSink] = (), queue_size: int = 4, max_block_s: float = 30.0,
+                 sinks: Sequence[TraceSink] = (), queue_size: int = 4, max_wait_ms: float = 100.0,
+                 copy: bool = True, sampling: TraceSampling | None = None,
                  logprob_dtype: str = "float16", threshold: float = DEFAULT_THRESHOLD) -> None:
         if logprob_dtype not in ("float16", "float32"):
             raise BadInputError(f"logprob_dtype must be 'float16' or 'float32', got {logprob_dtype!r}")
         self.run_dir = Path(run_dir)
-        self.run_info = init_run_dir(self.run_dir, run_info, tokenizer, vocab)
         self.sinks = list(sinks)
-        self.max_block_s = max_block_s
+        self.max_wait_ms = float(max_wait_ms)
+        self.copy = copy
+        self.sampling = sampling or TraceSampling()
         self.logprob_dtype = logprob_dtype
         self.threshold = threshold
         self.report = WriterReport()
         self._lock = threading.Lock()
         self._put_lock = threading.Lock()
-        self._committed = recover(self.run_dir, threshold)
         self._pending: set[int] = set()
+        self._seen_first = False
+        self.disabled: str | None = None  # why nothing is written, when the directory could not be set up
+        try:
+            self.run_info = init_run_dir(self.run_dir, run_info, tokenizer, vocab)
+            self._committed = recover(self.run_dir, threshold)
+        except OSError as e:  # unwritable, full disk: never into the training loop, not even from here
+            self.run_info, self._committed = dict(run_info or {}), set()
+            self.disabled = f"{self.run_dir}: cannot write the trace ({type(e).__name__}: {e}); tracing is off"
+            self._problem("errors", self.disabled)
         self.report.last_step = max(self._committed, default=None)
-        self._queue: queue.Queue = queue.Queue(maxsize=max(queue_size, 1))
+        # Slots, not the queue, bound memory: a slot is taken before the hand-off copies anything and
+        # given back once the step is written and sent to the sinks.
+        self._slots = threading.BoundedSemaphore(max(queue_size, 1))
+        self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="wbtrace-writer", daemon=True)
-        self._thread.start()
+        if not self.disabled:
+            self._thread.start()
         atexit.register(_close_at_exit, weakref.ref(self))
 
     # ------------------------------------------------------------------ caller side
@@ -276,11 +366,12 @@ class TraceWriter:
     def write_step(self, step: int, token_ids: Any, response_mask: Any, entropy: Any, logprob: Any = None,
                    reward: Any = None, advantage: Any = None, group_id: Any = None, prompt_index: Any = None,
                    kept: Any = None, **extra: Any) -> bool:
-        """Queue one step of padded ``[N, T]`` arrays (numpy or torch, any device); True if queued.
+        """Hand over one step of padded ``[N, T]`` arrays (numpy or torch, any device); True if queued.
 
         Per-response values are ``[N]``; ``advantage`` may be token-level ``[N, T]`` (its masked mean
         is stored). ``**extra`` adds columns: ``[N]`` -> per-response, ``[N, T]`` -> per-token lists.
-        Never raises: problems are logged and counted in ``writer.report``.
+        Returns within ``max_wait_ms`` plus the hand-off copy. Never raises: problems are logged and
+        counted in ``writer.report``; False also for a step the sampling settings leave out.
         """
         try:
             return self._enqueue(step, dict(token_ids=token_ids, response_mask=response_mask, entropy=entropy,
@@ -299,9 +390,17 @@ class TraceWriter:
         with self._lock:  # one block: a step cannot be both checked and claimed by two threads
             if self._closed:
                 raise BadInputError("writer is closed")
+            if self.disabled:
+                self.report.errors += 1  # said once, at construction
+                return False
             if step in self._committed or step in self._pending:
                 self.report.skipped += 1
                 log.info("wbtrace: step %d is already in %s; skipped", step, self.run_dir)
+                return False
+            first = not (self._committed or self._pending or self._seen_first)
+            self._seen_first = True
+            if not self.sampling.keeps_step(step, first):
+                self.report.sampled_out += 1
                 return False
             self._pending.add(step)
         try:
@@ -312,24 +411,27 @@ class TraceWriter:
             raise
 
     def _put(self, step: int, arrays: dict[str, Any]) -> bool:
-        # float16 keeps NaN/inf, so the background thread still rejects them; ids fit int32 in any vocab.
-        dtypes = {"token_ids": np.int32, "response_mask": np.bool_, "entropy": np.float16,
-                  "logprob": np.float16 if self.logprob_dtype == "float16" else np.float32}
-        snap = {k: _snapshot(v, k, dtypes) for k, v in arrays.items() if v is not None}
-        shape = getattr(snap.get("token_ids"), "shape", None)
-        for name in ("response_mask", "entropy", "logprob"):
-            if name in snap and (shape is None or len(shape) != 2 or snap[name].shape != shape):
-                raise BadInputError(f"{name} has shape {list(snap[name].shape)}, token_ids has {list(shape or [])}")
+        shape = tuple(getattr(arrays["token_ids"], "shape", ()))
+        for name in ("response_mask", "entropy", "logprob"):  # cheap: shapes only, values are checked later
+            got = getattr(arrays.get(name), "shape", None)
+            if got is not None and (len(shape) != 2 or tuple(got) != shape):
+                raise BadInputError(f"{name} has shape {list(got)}, token_ids has {list(shape)}")
+        if not self._slots.acquire(timeout=self.max_wait_ms / 1000):
+            with self._lock:
+                self._pending.discard(step)
+            self._problem("dropped", f"step {step}: the writer is {self._queue.qsize()} steps behind; waited "
+                          f"{self.max_wait_ms:g} ms for a slot, step dropped (raise queue_size or sample steps)")
+            return False
         try:
+            dtypes = {**_DEVICE_DTYPES, "logprob": self.logprob_dtype}
+            snap = {k: _handoff(v, k, self.copy, dtypes) for k, v in arrays.items() if v is not None}
             with self._put_lock:  # nothing is queued behind the stop sentinel
                 if self._closed:
                     raise BadInputError("writer is closed")
-                self._queue.put((step, snap), timeout=self.max_block_s)
-        except queue.Full:
-            with self._lock:
-                self._pending.discard(step)
-            self._problem("dropped", f"step {step}: writer queue full for {self.max_block_s:.0f}s; step dropped")
-            return False
+                self._queue.put((step, snap))
+        except BaseException:
+            self._slots.release()
+            raise
         return True
 
     def _problem(self, counter: str, message: str) -> None:
@@ -351,13 +453,15 @@ class TraceWriter:
         if first:
             with self._put_lock:
                 self._queue.put(_STOP)
-            self._thread.join()
+            if self._thread.is_alive() or not self.disabled:
+                self._thread.join()
             for sink in self.sinks:
                 self._call_sink(sink, "finish", status)
             r = self.report
-            if not r.ok:
-                log.warning("wbtrace: %d steps written to %s; %d rejected, %d dropped, %d errors, sink errors %s",
-                            r.written, self.run_dir, r.rejected, r.dropped, r.errors, dict(r.sink_errors))
+            if not r.ok or r.flagged:
+                log.warning("wbtrace: %d steps written to %s; %d rejected, %d dropped, %d errors, %d flagged, "
+                            "sink errors %s", r.written, self.run_dir, r.rejected, r.dropped, r.errors, r.flagged,
+                            dict(r.sink_errors))
         return self.report
 
     def __enter__(self) -> TraceWriter:
@@ -375,17 +479,30 @@ class TraceWriter:
             try:
                 if item is _STOP:
                     return
-                self._commit(*item)
+                step, arrays = item
+                item = None  # the arrays are freed once packed, not when the sinks are done
+                self._commit(step, arrays)
             finally:
+                if item is not _STOP:
+                    self._slots.release()
                 self._queue.task_done()
 
     def _commit(self, step: int, arrays: dict[str, Any]) -> None:
         try:
             dropped: list[str] = []  # a bad optional column costs that column, not the step
-            table = pack_step(step, logprob_dtype=self.logprob_dtype, dropped=dropped, **arrays)
+            flags: list[str] = []
+            host = {k: _to_host(v, k) for k, v in arrays.items()}
+            arrays.clear()
+            table = pack_step(step, logprob_dtype=self.logprob_dtype, dropped=dropped, flags=flags, **host)
+            del host
             for problem in dropped:
                 self._problem("columns_dropped", f"step {step}: {problem}; column left out, step written")
-            entry = commit_step(self.run_dir, step, table, self.threshold)
+            for problem in flags:
+                self._problem("flagged", f"step {step}: {problem}")
+            stored, sampling = self._sample(step, table)
+            entry = commit_step(self.run_dir, step, stored, self.threshold,
+                                full=table if stored is not table else None, sampling=sampling)
+            del table
         except Exception as e:
             with self._lock:
                 self._pending.discard(step)
@@ -400,7 +517,18 @@ class TraceWriter:
             self.report.written += 1
             self.report.last_step = max(self._committed)
         for sink in self.sinks:
-            self._call_sink(sink, "log_step", step, self.run_dir / entry["file"], entry, table)
+            self._call_sink(sink, "log_step", step, self.run_dir / entry["file"], entry, stored)
+
+    def _sample(self, step: int, table: pa.Table) -> tuple[pa.Table, dict[str, Any] | None]:
+        """The rows to store (whole groups, `wbtrace.sampling`) and the manifest's ``sampling`` entry."""
+        s = self.sampling
+        if not s.samples_rows:
+            return table, (s.record() if s.every_n_steps > 1 else None)
+        groups = next((table.column(c) for c in ("group_id", "prompt_index")
+                       if table.column(c).null_count < table.num_rows), None)
+        lengths = table.column("response_length").to_numpy(zero_copy_only=False)
+        rows, info = choose_rows(s, step, group_codes(groups, table.num_rows), lengths)
+        return (table if len(rows) == table.num_rows else table.take(pa.array(rows))), info
 
     def _call_sink(self, sink: TraceSink, method: str, *args: Any) -> None:
         try:
@@ -421,4 +549,4 @@ def _close_at_exit(ref: weakref.ref) -> None:
         writer.close("failed" if getattr(sys, "last_value", None) is not None else "success")
 
 
-__all__ = ["TraceWriter", "WriterReport", "commit_step"]
+__all__ = ["TraceSampling", "TraceWriter", "WriterReport", "commit_step"]

@@ -14,7 +14,7 @@ from wbtrace.cli.app import main
 from wbtrace.cli.options import fmt_float, open_store, selected_steps, step_options, trace_dir_argument
 from wbtrace.errors import BadInputError
 from wbtrace.palette import entropy_hex, text_color_for
-from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
+from wbtrace.stats import DEFAULT_THRESHOLD, step_summary
 
 
 @main.command("ls")
@@ -43,12 +43,20 @@ def wide_console(**kwargs) -> Console:
     return console if console.is_terminal else Console(width=max(console.width, 120), **kwargs)
 
 
-def _stats_record(store, step: int, threshold: float) -> dict:
-    t = store.read_step(step)
-    vocab = store.vocab
-    forks = [{**f, "token": vocab.text(f["token_id"])} for f in forking_tokens(t, threshold)]
-    return {"step": step, **step_stats(t, threshold), "entropy_by_position": position_profile(t),
-            "forking_tokens": forks}
+_BOOKKEEPING = ("file", "bytes", "committed_at", "recovered")
+
+
+def _stats_record(store, step: int, entry: dict | None, threshold: float) -> dict:
+    """A step's statistics from its manifest line; the step file is read only when the line lacks
+    them (an older trace) or was computed at another threshold."""
+    if entry and entry.get("threshold") == threshold and all(
+            isinstance(entry.get(k), list) for k in ("entropy_by_position", "forking_tokens")):
+        summary = {k: v for k, v in entry.items() if k not in _BOOKKEEPING and k != "step"}
+    else:
+        summary = step_summary(store.read_step(step), threshold)
+    summary["forking_tokens"] = [{**f, "token": store.vocab.text(f["token_id"])} for f in summary["forking_tokens"]
+                                 if isinstance(f, dict) and isinstance(f.get("token_id"), int)]
+    return {"step": step, **summary}
 
 
 @main.command("stats")
@@ -69,7 +77,8 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
         wbtrace stats outputs/demo/entropy_trace --json | jq '.[] | .entropy_p90'
     """
     store = open_store(trace_dir)
-    records = [_stats_record(store, s, threshold) for s in selected_steps(store, steps, step_range)]
+    lines = {e["step"]: e for e in store.manifest}
+    records = [_stats_record(store, s, lines.get(s), threshold) for s in selected_steps(store, steps, step_range)]
     if as_json:
         click.echo(json.dumps(records, indent=1))
         return

@@ -126,7 +126,9 @@ class MlflowTraceConfig:
 class EntropyTraceConfig:
     enable: bool = _f(True, "Write the per-token entropy trace.")
     output_dir: str = _f("", "Trace directory; empty = <trainer.output_dir>/entropy_trace.")
-    write_every: int = _f(1, "Write every N-th training step.")
+    write_every: int = _f(1, "Write every N-th training step, plus the first and the last.")
+    group_fraction: float = _f(1.0, "Share of each step's groups stored, whole groups chosen by a permutation seeded with trainer.seed and the step; the manifest keeps the whole step's statistics.")
+    token_budget: int = _f(0, "About this many tokens stored per step (whole groups, sampled uniformly so statistics stay unbiased); 0 = no budget.")
     save_text: bool = _f(True, "Also store prompt and response text in each row.")
     mlflow: MlflowTraceConfig = _sub(MlflowTraceConfig, "MLflow mirror.")
 
@@ -276,6 +278,10 @@ def validate(cfg: DapoConfig) -> None:
     for key in positive:
         if get_key(cfg, key) < 1:
             raise BadInputError(f"{key}={get_key(cfg, key)} must be >= 1")
+    et = cfg.trainer.entropy_trace
+    if not 0 < et.group_fraction <= 1 or et.token_budget < 0:
+        raise BadInputError(f"trainer.entropy_trace.group_fraction={et.group_fraction} must be in (0, 1] and "
+                            f"trainer.entropy_trace.token_budget={et.token_budget} >= 0 (1 and 0 store everything)")
     ob = cfg.reward_model.overlong_buffer
     if ob.enable and not 0 < ob.len < cfg.data.max_response_length:
         raise BadInputError(f"reward_model.overlong_buffer.len={ob.len} must be in (0, data.max_response_length="

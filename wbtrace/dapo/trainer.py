@@ -98,8 +98,7 @@ def train_step(cfg: DapoConfig, step: int, workers: list[Any], stream: PromptStr
     t1 = time.perf_counter()
     m.update(update_policy(cfg, workers, batch))
     t2 = time.perf_counter()
-    if step % cfg.trainer.entropy_trace.write_every == 0:
-        write_trace(writer, step, batch, cfg.trainer.entropy_trace.save_text)
+    write_trace(writer, step, batch, cfg.trainer.entropy_trace.save_text)  # the writer samples steps
     t3 = time.perf_counter()
     tokens = float(batch["response_mask"].sum())
     m.update(rollout_metrics(batch))
@@ -224,10 +223,15 @@ def open_trace(cfg: DapoConfig, trace_dir: Path, tok: Any, model_path: str, sink
     if not cfg.trainer.entropy_trace.enable:
         return NoTrace(sinks)
     from wbtrace import TraceWriter
+    from wbtrace.sampling import TraceSampling
 
+    et = cfg.trainer.entropy_trace
     info = {"model": model_name(model_path), "tokenizer": model_name(model_path), "config": to_dict(cfg),
             "trainer": "wbtrace.dapo"}
-    return TraceWriter(trace_dir, tokenizer=tok, run_info=info, sinks=sinks)
+    sampling = TraceSampling(every_n_steps=et.write_every, last_step=cfg.trainer.total_training_steps,
+                             group_fraction=et.group_fraction, token_budget=et.token_budget, seed=cfg.trainer.seed)
+    # copy=False: each step's batch is built fresh and only read after the hand-off
+    return TraceWriter(trace_dir, tokenizer=tok, run_info=info, sinks=sinks, sampling=sampling, copy=False)
 
 
 def shutdown(workers: list[Any], started_ray: bool) -> None:
