@@ -1,14 +1,15 @@
 """Flatten step tables for offline analysis: one row per token (or per response) as CSV, Parquet or JSONL.
 
-Token rows are built with Arrow kernels (``list_flatten`` + ``take`` by parent row) and filtered
-with Polars' SQL expressions, so ``--where "entropy > 2 AND position < 100"`` needs no parser of
-ours. Steps stream one at a time: memory holds one step, whatever the run's length.
+Token rows are built with Arrow kernels (``list_flatten`` + ``take`` by parent row). ``--where
+"entropy > 2 AND position < 100"`` is an allow-listed SQL expression (`wbtrace.where`) evaluated first,
+over only the columns it names; then only the kept rows are built and joined with the vocabulary.
+Steps stream one at a time: memory holds one step, whatever the run's length.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from wbtrace.errors import BadInputError
 from wbtrace.store import TraceStore
 from wbtrace.vocab import Vocab
+from wbtrace.where import RowFilter
 
 FORMATS = ("csv", "parquet", "jsonl")
 LEVELS = ("token", "response")
@@ -44,32 +46,63 @@ def token_texts(ids: pa.Array, vocab_texts: pa.Array) -> pa.Array:
     return pc.if_else(valid, texts, unknown)
 
 
-def token_rows(table: pa.Table, vocab_texts: pa.Array) -> pa.Table:
-    """One row per token: ``step, sample_id, group_id, position, token_id, token, entropy, logprob,
-    reward, advantage``, then other per-response columns and extra per-token lists (``ratio`` ...)."""
+def _token_builders(table: pa.Table, vocab_texts: pa.Array) -> dict[str, Callable[[pa.Array | None], pa.Array]]:
+    """Each token-row column as a function of the token indices to keep (None: all), so a filtered
+    export builds only the rows it writes (and the vocabulary join only for them)."""
     ent = table.column("entropy").combine_chunks()
     parents = pc.list_parent_indices(ent)
-    lengths = pc.list_value_length(ent).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    offsets = ent.offsets.to_numpy()
+    starts = (offsets - offsets[0]).astype(np.int64)
     ids = pc.list_flatten(table.column("token_ids").combine_chunks())
-    cols: dict[str, Any] = {}
+
+    def pick(flat: pa.Array) -> Callable[[pa.Array | None], pa.Array]:
+        def build(idx: pa.Array | None) -> pa.Array:
+            out = flat if idx is None else flat.take(idx)
+            return out.cast(pa.float32()) if pa.types.is_float16(out.type) else out
+        return build
+
+    def per_response(name: str) -> Callable[[pa.Array | None], pa.Array]:
+        return lambda idx: pc.take(table.column(name), parents if idx is None else parents.take(idx))
+
+    def position(idx: pa.Array | None) -> pa.Array:
+        at = np.arange(len(ids), dtype=np.int64) if idx is None else idx.to_numpy()
+        par = parents.to_numpy() if idx is None else parents.take(idx).to_numpy()
+        return pa.array((at - starts[par]).astype(np.int32))
+
+    cols: dict[str, Callable[[pa.Array | None], pa.Array]] = {}
     for name in table.column_names:
         typ = table.schema.field(name).type
         if pa.types.is_list(typ) or pa.types.is_large_list(typ):
             if name not in ("token_ids", "prompt_token_ids"):
-                flat = pc.list_flatten(table.column(name).combine_chunks())
-                cols[name] = flat.cast(pa.float32()) if pa.types.is_float16(flat.type) else flat
+                cols[name] = pick(pc.list_flatten(table.column(name).combine_chunks()))
         elif name not in ("prompt_text", "response_text"):
-            cols[name] = pc.take(table.column(name), parents)
-    cols["position"] = pa.array((np.arange(len(ids)) - starts).astype(np.int32))
-    cols["token_id"] = ids
-    cols["token"] = token_texts(ids, vocab_texts)
+            cols[name] = per_response(name)
+    cols["position"] = position
+    cols["token_id"] = pick(ids)
+    cols["token"] = lambda idx: token_texts(ids if idx is None else ids.take(idx), vocab_texts)
+    return cols
+
+
+def token_rows(table: pa.Table, vocab_texts: pa.Array, where: RowFilter | None = None) -> pa.Table:
+    """One row per token: ``step, sample_id, group_id, position, token_id, token, entropy, logprob,
+    reward, advantage``, then other per-response columns and extra per-token lists (``ratio`` ...).
+
+    ``where`` is evaluated over the columns it names first; only the rows it keeps are built.
+    """
+    cols = _token_builders(table, vocab_texts)
+    idx = None
+    if where is not None:
+        where.check_columns(cols)
+        idx = pa.array(where.rows(pa.table({c: cols[c](None) for c in sorted(where.columns)})))
     order = [c for c in TOKEN_FIRST if c in cols] + [c for c in cols if c not in TOKEN_FIRST]
-    return pa.table({c: cols[c] for c in order})
+    return pa.table({c: cols[c](idx) for c in order})
 
 
-def response_rows(table: pa.Table, vocab: Vocab) -> pa.Table:
-    """One row per response: its per-response columns, entropy mean/max, tokens above 0.672, text."""
+def response_rows(table: pa.Table, vocab: Vocab, where: RowFilter | None = None) -> pa.Table:
+    """One row per response: its per-response columns, entropy mean/max, tokens above 0.672, text.
+
+    With ``where``, response texts are decoded only for the rows it keeps (unless it filters on them).
+    """
     from wbtrace.stats import DEFAULT_THRESHOLD
 
     ent = table.column("entropy").combine_chunks()
@@ -85,24 +118,27 @@ def response_rows(table: pa.Table, vocab: Vocab) -> pa.Table:
         vals = np.full(table.num_rows, np.nan if dst != "n_above_threshold" else 0)
         vals[idx] = grouped.column(src).to_numpy(zero_copy_only=False)
         out[dst] = pa.array(vals.astype(np.int32) if dst == "n_above_threshold" else vals.astype(np.float32))
+
+    def texts(t: pa.Table) -> pa.Array:
+        return pa.array([vocab.decode(ids) for ids in t.column("token_ids").to_pylist()], type=pa.string())
+
+    if where is not None:
+        where.check_columns([*out, *([] if "response_text" in out else ["response_text"])])
+        if "response_text" in where.columns and "response_text" not in out:
+            out["response_text"] = texts(table)
+        rows = pa.array(where.rows(pa.table({c: out[c] for c in sorted(where.columns)})))
+        out = {c: v.take(rows) for c, v in out.items()}
+        table = table.take(rows)
     if "response_text" not in out:
-        out["response_text"] = pa.array([vocab.decode(ids) for ids in table.column("token_ids").to_pylist()])
+        out["response_text"] = texts(table)
     return pa.table(out)
 
 
 def filter_rows(table: pa.Table, where: str | None) -> pa.Table:
-    """Rows of ``table`` where the SQL expression ``where`` holds (Polars' SQL dialect)."""
+    """Rows of ``table`` where the expression ``where`` holds (`wbtrace.where.RowFilter`)."""
     if not where:
         return table
-    import polars as pl
-
-    try:
-        return pl.from_arrow(table).filter(pl.sql_expr(where)).to_arrow()
-    except pl.exceptions.PolarsError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "valid columns" not in first:
-            first += f" (columns: {', '.join(table.column_names)})"
-        raise BadInputError(f"--where {where!r}: {first}") from None
+    return table.take(pa.array(RowFilter(where).rows(table)))
 
 
 class _Sink:
@@ -169,14 +205,16 @@ def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: s
     """
     if fmt not in FORMATS or level not in LEVELS:
         raise BadInputError(f"format must be one of {FORMATS} and level one of {LEVELS}")
+    row_filter = RowFilter(where) if where else None  # checked before any output exists
     vocab = store.vocab
     texts = _vocab_array(vocab)
     with _open_output(out, fmt) as f:
         sink = _Sink(fmt, f, out)
         try:
             for step, table in store.iter_steps(steps):
-                rows = token_rows(table, texts) if level == "token" else response_rows(table, vocab)
-                sink.write(filter_rows(rows, where))
+                rows = (token_rows(table, texts, row_filter) if level == "token"
+                        else response_rows(table, vocab, row_filter))
+                sink.write(rows)
                 if progress is not None:
                     progress(step)
         finally:
