@@ -11,8 +11,8 @@ import textwrap
 import polars as pl
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_trace
+
 from wbtrace.cli import main
 from wbtrace.errors import BadInputError
 from wbtrace.where import RowFilter

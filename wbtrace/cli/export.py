@@ -24,7 +24,10 @@ from wbtrace.export import FORMATS, LEVELS, export_steps
 @click.option("--level", type=click.Choice(LEVELS), default="token", show_default=True,
               help="One row per token, or one per response.")
 @format_option(FORMATS, "csv")
-@click.option("--where", metavar="EXPR", help='SQL filter on the rows, e.g. "entropy > 2 AND kept".')
+@click.option("--where", metavar="EXPR",
+              help='Filter: an SQL expression over the rows\' columns, e.g. "entropy > 2 AND kept" (comparisons, '
+                   'AND/OR/NOT, IN lists, BETWEEN, LIKE, CASE, CAST, arithmetic, scalar functions; nothing that '
+                   'reads files or other tables).')
 @click.option("-o", "--output", default="-", show_default=True, help="Output file, '-' for stdout.")
 def export_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, level: str, fmt: str,
                where: str | None, output: str) -> None:
