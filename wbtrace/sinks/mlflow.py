@@ -329,6 +329,8 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
+        # log_run/log_step run in the writer thread, log_metrics in the trainer's: one run, not two
+        self._run_lock = threading.Lock()
 
     # -- plumbing
 
@@ -352,6 +354,10 @@ class MlflowSink(TraceSink):
             ) from e
 
     def _ensure_run(self) -> MlflowClient:
+        with self._run_lock:
+            return self._find_or_create_run()
+
+    def _find_or_create_run(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:
