@@ -228,3 +228,40 @@ def test_serve_loads_steps_lazily(page, evil_trace: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---------------------------------------------------------------- size budget and paging (issue 20)
+def test_a_file_above_the_budget_is_refused_and_never_built(evil_trace: Path, tmp_path, monkeypatch):
+    import wbtrace.viewer.report as report_mod
+
+    tokens = TraceStore(evil_trace).manifest[-1]["n_tokens"]
+    monkeypatch.setattr(report_mod, "MAX_INLINE_TOKENS", tokens - 1)  # the latest step alone is too big
+    out = tmp_path / "big.html"
+    r = CliRunner().invoke(main, ["view", str(evil_trace), "-o", str(out)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert f"hold {tokens:,} tokens" in r.output and "--serve" in r.output
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_serve_pages_a_big_step_of_whole_responses(page, evil_trace: Path):
+    lengths = TraceStore(evil_trace).read_step(3).column("response_length").to_pylist()
+    app = ViewerApp(evil_trace, page_tokens=sum(lengths) // 3)
+    n_pages = json.loads(app.step_json(3, 0))["pages"]
+    assert n_pages >= 3 and app.step_json(3, n_pages) is None
+    pages = [json.loads(app.step_json(3, k)) for k in range(n_pages)]
+    assert [s for p in pages for s in p["columns"]["sample_id"]] == list(range(N))  # every response, once
+    assert all(p["n_tokens"] <= sum(lengths) // 3 or p["n"] == 1 for p in pages)
+    assert pages[0]["charts"]["entropy_histogram"] == pages[1]["charts"]["entropy_histogram"]  # whole step
+    server = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        open_report(page, f"http://127.0.0.1:{server.server_address[1]}/")
+        assert f"page 1/{len(pages)}" in page.inner_text("#count")
+        page.click("#page-next")
+        page.wait_for_function("document.body.dataset.page === '1'")
+        assert f"page 2/{len(pages)}" in page.inner_text("#count")
+        assert any("/api/step/3?page=1" in u for u in page.requests)
+        assert not page.errors, page.errors
+    finally:
+        server.shutdown()
+        server.server_close()

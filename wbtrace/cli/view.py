@@ -20,7 +20,8 @@ from wbtrace.cli.app import main
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
-@click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
+@click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily, big steps a page of "
+              "responses at a time (traces too big for one file: a file holds at most ~4.5M tokens).")
 @click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
 def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
          serve: bool, port: int) -> None:

@@ -106,9 +106,14 @@ def step_charts(store: TraceStore, table: pa.Table, cols: dict[str, list], thres
 
 
 def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str, dict],
-                 with_vocab: bool = False) -> dict[str, Any]:
-    """Everything the viewer shows about one step, JSON-ready (per-token data as base64 buffers)."""
-    table = store.read_step(step)
+                 with_vocab: bool = False, rows: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Everything the viewer shows about one step, JSON-ready (per-token data as base64 buffers).
+
+    ``rows=(start, stop)``: only those responses (a page, for ``--serve``); the charts still cover
+    the whole step.
+    """
+    full = store.read_step(step)
+    table = full if rows is None else full.slice(rows[0], rows[1] - rows[0])
     lengths = pc.list_value_length(table.column("token_ids").combine_chunks()).fill_null(0)
     offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int64)
     ids = _flat(table, "token_ids")
@@ -121,11 +126,22 @@ def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str
         "offsets": b64(offsets, "<i4"), "token_ids": b64(ids, "<i4"), "entropy": b64(ent, "<f2"),
         "logprob": b64(_flat(table, "logprob").astype(np.float16), "<f2") if "logprob" in table.column_names
         else None,
-        "charts": step_charts(store, table, cols, threshold, specs, step),
+        "charts": step_charts(store, full, cols if table is full else _step_cols(full, threshold), threshold,
+                              specs, step),
     }
     if with_vocab:
         payload["vocab"] = vocab_payload(store, np.unique(ids))
     return payload
+
+
+def _step_cols(table: pa.Table, threshold: float) -> dict[str, list]:
+    """The per-response columns the whole-step charts use (correct, entropy_mean), for a paged payload."""
+    cols = {k: v for k, v in _columns(table).items() if k == "correct"}
+    ent = _flat(table, "entropy").astype(np.float16)
+    lengths = pc.list_value_length(table.column("entropy").combine_chunks()).fill_null(0)
+    offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int64)
+    cols["entropy_mean"] = _response_stats(ent, offsets, threshold)["entropy_mean"]
+    return cols
 
 
 def vocab_payload(store: TraceStore, ids: np.ndarray) -> dict[str, Any]:

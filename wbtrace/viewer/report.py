@@ -24,7 +24,8 @@ from wbtrace.viewer.data import run_summary, step_payload, used_token_ids, vocab
 log = logging.getLogger(__name__)
 
 VENDOR = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
-# Inline-file budget: beyond this many tokens a single HTML file gets slow to open; use --serve.
+# Inline-file budget: beyond this many tokens a single HTML file gets slow to open (~11 bytes a token:
+# a 33.7M-token step made a 363 MB file that took 8.8 s to open, 67.7M never opened); --serve pages.
 MAX_INLINE_TOKENS = 4_500_000
 _JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _JSON_ESCAPE_RE = re.compile("[<>&\u2028\u2029]")
@@ -85,6 +86,18 @@ def resolve_steps(store: TraceStore, spec: str | None, budget: int | None = MAX_
     return store.select(steps=wanted)
 
 
+def check_inline_budget(store: TraceStore, steps: list[int], budget: int = MAX_INLINE_TOKENS) -> None:
+    """Refuse to build a single file the browser cannot open: above ``budget`` tokens, point to --serve."""
+    wanted = set(steps)
+    total = sum(int(e.get("n_tokens") or 0) for e in store.manifest
+                if e["step"] in wanted and isinstance(e.get("n_tokens"), (int, float)))
+    if total > budget:
+        raise BadInputError(
+            f"steps {format_steps(steps)} of {store.run_dir} hold {total:,} tokens; one HTML file holds at most "
+            f"{budget:,} (~{budget * 11 // 10**6} MB) before it is too big to open: pass fewer --steps, or run "
+            f"`wbtrace view {store.run_dir} --serve`, which loads one page of a step's responses at a time")
+
+
 def default_threshold(store: TraceStore) -> float:
     """The threshold the trace's statistics used (manifest), else the paper's 0.672."""
     for entry in reversed(store.manifest):
@@ -121,11 +134,8 @@ def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dic
 def build_report(trace_dir: str | Path, steps: str | None = None, threshold: float | None = None) -> str:
     """The self-contained HTML report of ``trace_dir`` as a string (see `write_report`)."""
     store = TraceStore(trace_dir)
-    chosen = resolve_steps(store, steps)
-    total = sum(int(e.get("n_tokens", 0)) for e in store.manifest if e["step"] in set(chosen))
-    if total > MAX_INLINE_TOKENS:
-        log.warning("%d tokens in one HTML file will be slow to open; `wbtrace view --serve` loads steps lazily",
-                    total)
+    chosen = resolve_steps(store, steps, MAX_INLINE_TOKENS)
+    check_inline_budget(store, chosen, MAX_INLINE_TOKENS)  # read here: tests lower it
     threshold = default_threshold(store) if threshold is None else threshold
     specs = chart_specs()
     meta = build_meta(store, chosen, threshold, specs, mode="file")

@@ -13,7 +13,7 @@
   const ROW_H = 48;
   const CHUNK = 2000; // token spans per animation frame
   const vocab = new Map(); // token id -> display text
-  const stepCache = new Map(); // step -> decoded step
+  const stepCache = new Map(); // "step:page" -> decoded step (or page of a step, with --serve)
   const state = { step: null, data: null, order: new Int32Array(0), sel: -1, sortKey: "entropy_mean",
                   desc: true, renderGen: 0 };
   const $ = (id) => document.getElementById(id);
@@ -58,7 +58,8 @@
     addVocab(p.vocab);
     return { step: p.step, n: p.n, cols: p.columns, charts: p.charts, threshold: p.threshold,
              offsets: new Int32Array(b64bytes(p.offsets).buffer), ids: new Int32Array(b64bytes(p.token_ids).buffer),
-             ent: f16(p.entropy), lp: p.logprob ? f16(p.logprob) : null, groups: groupIndex(p.columns) };
+             ent: f16(p.entropy), lp: p.logprob ? f16(p.logprob) : null, groups: groupIndex(p.columns),
+             page: p.page || 0, pages: p.pages || 1, rowStart: p.row_start || 0, nTotal: p.n_total || p.n };
   }
 
   function groupIndex(cols) { // group id -> row indices ordered by sample id
@@ -70,11 +71,12 @@
     return g;
   }
 
-  async function loadStep(step) {
-    if (stepCache.has(step)) return stepCache.get(step);
+  async function loadStep(step, page) {
+    const key = step + ":" + page;
+    if (stepCache.has(key)) return stepCache.get(key);
     let payload;
-    if (meta.mode === "serve") {
-      const r = await fetch("api/step/" + step);
+    if (meta.mode === "serve") { // a big step comes in pages of whole responses (charts: the whole step)
+      const r = await fetch("api/step/" + step + "?page=" + page);
       if (!r.ok) throw new Error("step " + step + ": HTTP " + r.status);
       payload = await r.json();
     } else {
@@ -82,7 +84,7 @@
     }
     const d = decodeStep(payload);
     stepCache.clear(); // one decoded step in memory at a time: 512 x 8k tokens is ~45 MB decoded
-    stepCache.set(step, d);
+    stepCache.set(key, d);
     return d;
   }
 
@@ -215,7 +217,9 @@
       return x < y ? -sign : sign;
     });
     state.order = Int32Array.from(keep);
-    $("count").textContent = keep.length + " of " + d.n + " responses";
+    $("count").textContent = keep.length + " of " + d.n + " responses" + (d.pages > 1
+      ? " · page " + (d.page + 1) + "/" + d.pages + " (" + (d.rowStart + 1) + "–" + (d.rowStart + d.n) + " of " + d.nTotal + ")"
+      : "");
     $("list-spacer").style.height = keep.length * ROW_H + "px";
     renderList(true);
   }
@@ -473,6 +477,8 @@
       $("sort-dir").textContent = state.desc ? "↓ desc" : "↑ asc";
       applyFilters();
     });
+    $("page-prev").addEventListener("click", () => showStep(state.step, state.data.page - 1));
+    $("page-next").addEventListener("click", () => showStep(state.step, state.data.page + 1));
     $("reset").addEventListener("click", () => {
       for (const id of ["f-hmin", "f-hmax", "f-token", "f-group", "f-correct", "f-kept"]) $(id).value = "";
       applyFilters();
@@ -498,9 +504,12 @@
     });
   }
 
-  async function showStep(step) {
-    const d = await loadStep(step);
+  async function showStep(step, page) {
+    const d = await loadStep(step, page || 0);
     state.step = step; state.data = d; state.sel = -1;
+    $("pager").hidden = d.pages <= 1;
+    $("page-prev").disabled = d.page <= 0;
+    $("page-next").disabled = d.page >= d.pages - 1;
     $("step-select").value = String(step);
     $("step-title").textContent = "Step " + step;
     renderChips(d);
@@ -512,6 +521,7 @@
     if (state.order.length) selectResponse(state.order[0]);
     precomputeStrips(d);
     document.body.dataset.step = String(step);
+    document.body.dataset.page = String(d.page);
   }
 
   async function main() {
