@@ -117,8 +117,11 @@ def update_policy(cfg: DapoConfig, workers: list[Any], batch: dict[str, Any]) ->
     if len(kept) == 0:
         log.warning("no group survived dynamic sampling this step; skipping the update")
         return {}
-    actor = cfg.actor_rollout_ref.actor
-    num_mini = cfg.data.train_batch_size // actor.ppo_mini_batch_size if actor.ppo_mini_batch_size else 1
+    # Mini-batches of ppo_mini_batch_size groups, as verl splits by rows: a step with more groups than
+    # train_batch_size (filtering off, larger generation batch) makes more optimizer steps, not bigger ones.
+    mini = cfg.actor_rollout_ref.actor.ppo_mini_batch_size or cfg.data.train_batch_size
+    kept_groups = len(kept) // cfg.actor_rollout_ref.rollout.n
+    num_mini = max(1, -(-kept_groups // mini))
     fields = {"prompts": "prompts", "prompt_mask": "prompt_mask", "responses": "responses",
               "response_mask": "response_mask", "old_logprob": "logprob", "entropy": "entropy",
               "advantages": "advantage"}
