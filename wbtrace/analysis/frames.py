@@ -17,6 +17,7 @@ from wbtrace.errors import BadInputError
 
 if TYPE_CHECKING:
     import polars as pl
+    import pyarrow as pa
 
     from wbtrace.store import TraceStore
 
@@ -101,16 +102,21 @@ def tokens(store: TraceStore, steps: Iterable[int] | None = None, where: Where =
     return lf.rename({"token_ids": "token_id"}) if "token_ids" in lists else lf
 
 
+def column_names(store: TraceStore, steps: Iterable[int] | None = None) -> list[str]:
+    return scan(store, steps).collect_schema().names()
+
+
 def has_columns(store: TraceStore, steps: Iterable[int] | None, names: Sequence[str]) -> bool:
-    have = scan(store, steps).collect_schema().names()
+    have = column_names(store, steps)
     return all(n in have for n in names)
 
 
-def require(have: Sequence[str], names: Iterable[str]) -> None:
+def require(have: Sequence[str], names: Iterable[str], purpose: str = "") -> None:
+    """`BadInputError` naming the columns of ``names`` missing from ``have`` (and what needs them)."""
     missing = [n for n in names if n not in have]
     if missing:
         raise BadInputError(f"the trace has no {', '.join(repr(m) for m in missing)} column"
-                            f"{'s' if len(missing) > 1 else ''}")
+                            f"{'s' if len(missing) > 1 else ''}{': ' + purpose if purpose else ''}")
 
 
 def steps_frame(steps: Iterable[int]) -> pl.DataFrame:
@@ -126,3 +132,18 @@ def with_text(df: pl.DataFrame, store: TraceStore, id_column: str = "token_id") 
 
     texts = store.vocab.texts_for(df[id_column].to_numpy()) if df.height else []
     return df.with_columns(text=pl.Series(list(texts), dtype=pl.String))
+
+
+def filter_table(table: pa.Table, where: Where) -> pa.Table:
+    """The rows of one step table (pyarrow) that pass ``where``: for callers that already hold a step."""
+    import pyarrow.compute as pc
+
+    mask = None
+    for name, want in (("kept", where.kept), ("correct", where.correct)):
+        if want is None:
+            continue
+        require(table.column_names, [name])
+        col = pc.fill_null(table.column(name), False)
+        m = col if want else pc.invert(col)
+        mask = m if mask is None else pc.and_(mask, m)
+    return table if mask is None else table.filter(mask)
