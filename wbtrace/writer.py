@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wbtrace.analysis.policy import policy_stats
 from wbtrace.errors import BadInputError
 from wbtrace.sampling import TraceSampling, choose_rows, group_codes
 from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
@@ -127,6 +128,8 @@ def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DE
     """
     rel = step_relpath(step)
     stats = step_summary(table if full is None else full, threshold)  # before the file: a failure leaves nothing
+    # nested, so sinks (which log a line's numbers as metrics) leave them to the trainer's own metrics
+    stats["policy"] = policy_stats(table if full is None else full)
     if sampling is not None:
         stats["sampling"] = sampling
     nbytes = write_parquet_atomic(table, run_dir / rel)
