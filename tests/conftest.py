@@ -14,7 +14,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 def write_trace(run_dir: Path, steps=(1, 2, 3), n: int = 8, max_len: int = 40, vocab_size: int = 300) -> Path:
     """A trace of synthetic steps (seeded by step number) written through the public writer."""
-    with TraceWriter(run_dir, vocab=synthetic_vocab(vocab_size), run_info={"model": "synthetic"}) as w:
+    # max_wait_ms: a helper that writes as fast as it can must wait for the writer, not drop steps
+    with TraceWriter(run_dir, vocab=synthetic_vocab(vocab_size), run_info={"model": "synthetic"},
+                     max_wait_ms=60_000) as w:
         for s in steps:
             assert w.write_step(s, **make_step(n, max_len, vocab_size, seed=s))
     assert w.report.ok, w.report
