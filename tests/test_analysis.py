@@ -307,3 +307,22 @@ def test_compare_curves_overlap_and_prompts(trace, other):
     assert m["prompt_key"].to_list() == ["prompt 0", "prompt 1"] and m["n_a"].to_list() == [4, 4]
     hist = compare.prompt_responses(a, "prompt 1")  # group g1 of step 1 and g0 of step 3
     assert hist.select("step", "sample_id").rows() == [(1, i) for i in range(4, 8)] + [(3, i) for i in range(4)]
+
+
+# ---------------------------------------------------------------- one step table in memory (the W&B sink's case)
+
+def test_a_step_table_gives_the_same_answers_as_the_store(trace):
+    from wbtrace.analysis.step_rows import TABLE_COLUMNS, step_rows
+
+    store, truth = trace
+    table = store.read_step(1)
+    assert covariance.cov_by_step(table).drop("next_step", "entropy_change").equals(
+        covariance.cov_by_step(store, [1]).drop("next_step", "entropy_change"))
+    assert forks.forks(table, top=5)["forks"].to_list() == forks.forks(store, [1], top=5)["forks"].to_list()
+    rows = step_rows(table, np.array(VOCAB, dtype=object))
+    assert {k: len(v[0]) for k, v in rows.items()} == {k: len(c) for k, c in TABLE_COLUMNS.items()}
+    top = forks.forks(store, [1], top=10)
+    assert [r[1] for r in rows["trace/forks"]] == top["text"].to_list()
+    assert rows["trace/cov"][0][1] == pytest.approx(covariance.cov_by_step(store, [1])["cov_mean"][0])
+    assert rows["trace/groups"][0][4] == 2
+    assert step_rows(store.read_step(2)) == {}  # the empty step logs nothing
