@@ -312,17 +312,23 @@ def test_compare_curves_overlap_and_prompts(trace, other):
 # ---------------------------------------------------------------- one step table in memory (the W&B sink's case)
 
 def test_a_step_table_gives_the_same_answers_as_the_store(trace):
-    from wbtrace.analysis.step_rows import TABLE_COLUMNS, step_rows
+    from wbtrace.analysis.step_scalars import step_scalars
 
     store, truth = trace
     table = store.read_step(1)
     assert covariance.cov_by_step(table).drop("next_step", "entropy_change").equals(
         covariance.cov_by_step(store, [1]).drop("next_step", "entropy_change"))
     assert forks.forks(table, top=5)["forks"].to_list() == forks.forks(store, [1], top=5)["forks"].to_list()
-    rows = step_rows(table, np.array(VOCAB, dtype=object))
-    assert {k: len(v[0]) for k, v in rows.items()} == {k: len(c) for k, c in TABLE_COLUMNS.items()}
-    top = forks.forks(store, [1], top=10)
-    assert [r[1] for r in rows["trace/forks"]] == top["text"].to_list()
-    assert rows["trace/cov"][0][1] == pytest.approx(covariance.cov_by_step(store, [1])["cov_mean"][0])
-    assert rows["trace/groups"][0][4] == 2
-    assert step_rows(store.read_step(2)) == {}  # the empty step logs nothing
+    got = step_scalars(table)
+    t = truth[1]
+    _, cov = _cov_reference(t, t["kept"])
+    assert got["cov_mean"] == pytest.approx(cov.mean())
+    assert got["share_zero_spread"] == 0.5 and got["share_all_correct"] == groups.group_shares(store, [1])[
+        "share_all_correct"][0]
+    f = _flat(t, np.ones(len(t["kept"]), bool))
+    fork = f["ent"] > 0.672
+    ids, counts = np.unique(f["ids"][fork], return_counts=True)
+    top = ids[np.lexsort((ids, -counts))][:10]
+    assert got["forks_top_share"] == pytest.approx(np.isin(f["ids"][fork], top).mean())
+    assert got["forks_top_fork_share"] == pytest.approx(fork[np.isin(f["ids"], top)].mean())
+    assert step_scalars(store.read_step(2)) == {}  # the empty step logs nothing

@@ -158,9 +158,15 @@ def _compare_entropy() -> dict[str, Any]:
     }
 
 
-def _weave(file: str) -> Any:
-    """A chart that exists only as a W&B preset in weave_panels/charts (the viewer draws it from the same file)."""
-    return lambda: json.loads((panels_dir() / file).read_text(encoding="utf-8"))
+def _static(file: str) -> Any:
+    """An analysis chart kept as a JSON file in W&B form (``static/charts/``), drawn from long rows."""
+    from importlib import resources
+
+    def load() -> dict[str, Any]:
+        spec = json.loads(resources.files("wbtrace.viewer").joinpath("static", "charts", file).read_text("utf-8"))
+        return {**spec, "$schema": SCHEMA}  # written for W&B's Vega-Lite 5.6; the viewer ships 6
+
+    return load
 
 
 BUILTIN: dict[str, Any] = {
@@ -174,10 +180,10 @@ BUILTIN: dict[str, Any] = {
     "entropy_by_position": _by_position,
     "entropy_correct_box": _correct_box,
     "forking_tokens": _forking_tokens,
-    "forks_trend": _weave("forks_trend.json"),
-    "cov_entropy_change": _weave("cov_entropy_change.json"),
-    "position_heatmap": _weave("position_heatmap.json"),
-    "group_shares": _weave("group_shares.json"),
+    "forks_trend": _static("forks_trend.json"),
+    "cov_entropy_change": _static("cov_entropy_change.json"),
+    "position_heatmap": _static("position_heatmap.json"),
+    "group_shares": _static("group_shares.json"),
     "compare_entropy": _compare_entropy,
 }
 
@@ -186,9 +192,7 @@ BUILTIN: dict[str, Any] = {
 # (weave_panels' entropy_histogram.json is the across-steps heatmap, a different view: not reused here; its
 # entropy_bands.json colours by run for W&B's multi-run workspaces, so the viewer draws its own percentile
 # chart with a p50/p80/p90/p99 legend.)
-WEAVE_FILES = {"entropy_by_position": "entropy_by_position.json", "forks_trend": "forks_trend.json",
-               "cov_entropy_change": "cov_entropy_change.json", "position_heatmap": "position_heatmap.json",
-               "group_shares": "group_shares.json"}
+WEAVE_FILES = {"entropy_by_position": "entropy_by_position.json"}
 
 
 def panels_dir() -> Path:
