@@ -128,7 +128,14 @@ def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str
         else None,
         "charts": step_charts(store, full, cols if table is full else _step_cols(full, threshold), threshold,
                               specs, step),
+        **token_extras(table),
     }
+    from wbtrace.viewer.analyses import step_groups, step_prompt_keys
+
+    payload["groups"] = step_groups(store, step)
+    keys = step_prompt_keys(store, step)
+    if keys is not None:
+        payload["columns"]["prompt_key"] = keys if rows is None else keys[rows[0]:rows[1]]
     if with_vocab:
         payload["vocab"] = vocab_payload(store, np.unique(ids))
     return payload
@@ -142,6 +149,19 @@ def _step_cols(table: pa.Table, threshold: float) -> dict[str, list]:
     offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int64)
     cols["entropy_mean"] = _response_stats(ent, offsets, threshold)["entropy_mean"]
     return cols
+
+
+def token_extras(table: pa.Table) -> dict[str, str | None]:
+    """The trainer's per-token ``ratio`` (float32, NaN where no update ran), ``clipped`` and ``high_entropy``
+    (uint8 0/1) as base64 buffers, or None where the step lacks them."""
+    out: dict[str, str | None] = {"ratio": None, "clipped": None, "high_entropy": None}
+    if "ratio" in table.column_names:
+        out["ratio"] = b64(_flat(table, "ratio").astype(np.float32), "<f4")
+    for name in ("clipped", "high_entropy"):
+        if name in table.column_names:
+            flat = pc.fill_null(pc.list_flatten(table.column(name).combine_chunks()), False)
+            out[name] = b64(flat.to_numpy(zero_copy_only=False).astype(np.uint8), "u1")
+    return out
 
 
 def vocab_payload(store: TraceStore, ids: np.ndarray) -> dict[str, Any]:
