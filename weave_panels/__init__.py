@@ -67,3 +67,14 @@ def history_keys(name: str) -> list[str]:
     chart = CHARTS[name]
     keys = {v for k, v in chart.fields.items() if k != "run"} | set(chart.history_keys)
     return sorted(keys)
+
+
+def bind(name: str, rows: list[dict[str, Any]], width: int = 560, height: int = 320) -> dict[str, Any]:
+    """Preset ``name`` as W&B draws it: fields mapped as the workspace maps them, ``rows`` inline (each with
+    the run's ``name``), ``autosize: fit`` at the panel's size. For tests and the docs' pictures."""
+    from wbtrace.viewer.charts import bind_spec
+
+    chart = CHARTS[name]
+    spec = bind_spec(load_spec(name), rows, fields=dict(chart.fields), strings={"title": chart.display})
+    spec.update({"autosize": {"type": "fit", "contains": "padding"}, "width": width, "height": height})
+    return spec
