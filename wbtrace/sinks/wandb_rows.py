@@ -45,17 +45,27 @@ def pos_key(i: int) -> str:
 
 
 def flat_entropy(table: pa.Table) -> np.ndarray:
-    """Every token's entropy of a step as one float32 array (NaN dropped)."""
+    """Every token's entropy of a step as one flat array, as stored (float16 in the trace format)."""
     col = table.column("entropy")
     flat = pc.list_flatten(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-    ent = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return ent[np.isfinite(ent)]
+    return flat.to_numpy(zero_copy_only=False)
 
 
-def entropy_histogram(ent: np.ndarray) -> np.ndarray:
-    """Token counts in `HIST_BINS` bins of `HIST_WIDTH` nats; the last bin is open-ended (overflow)."""
-    b = np.minimum((np.maximum(ent, 0) / HIST_WIDTH).astype(np.int64), HIST_BINS - 1)
-    return np.bincount(b, minlength=HIST_BINS)
+def entropy_histogram(ent: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Token counts in `HIST_BINS` bins of `HIST_WIDTH` nats (the last one open-ended) and the max; NaN
+    is not counted. float16 input (the trace's) takes one integer pass: its 65,536 bit patterns are
+    counted, then each pattern is binned once."""
+    if ent.dtype == np.float16:
+        per_value = np.bincount(ent.view(np.uint16), minlength=1 << 16)
+        values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+        keep = np.isfinite(values) & (per_value > 0)
+        per_value, values = per_value[keep], values[keep]
+    else:
+        values = ent[np.isfinite(ent)].astype(np.float32)
+        per_value = np.ones(values.size, dtype=np.int64)
+    b = np.clip(values * np.float32(1 / HIST_WIDTH), 0, HIST_BINS - 1).astype(np.int64)
+    counts = np.bincount(b, weights=per_value, minlength=HIST_BINS).astype(np.int64)
+    return counts, (float(values.max()) if values.size else None)
 
 
 def hist_edges(top: float | None = None) -> np.ndarray:
@@ -67,19 +77,26 @@ def hist_edges(top: float | None = None) -> np.ndarray:
 
 
 def position_means(table: pa.Table, bins: int = POSITION_BINS) -> list[float | None]:
-    """Mean entropy by relative position in the response (deciles), vectorised over the flat column."""
+    """Mean entropy by relative position in the response (token p of a length-L response is in decile
+    ``p * bins // L``), from prefix sums: one pass over the tokens, then ``rows x bins`` differences."""
     col = table.column("entropy").combine_chunks()
     lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    ent = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    ent = pc.list_flatten(col).to_numpy(zero_copy_only=False)
     if not ent.size:
         return [None] * bins
-    starts = np.cumsum(lengths) - lengths
-    rows_len = np.repeat(lengths, lengths)
-    pos = np.arange(ent.size, dtype=np.int64) - np.repeat(starts, lengths)
-    b = np.minimum(pos * bins // np.maximum(rows_len, 1), bins - 1)
-    ok = np.isfinite(ent)
-    sums = np.bincount(b[ok], weights=ent[ok], minlength=bins)
-    counts = np.bincount(b[ok], minlength=bins)
+    csum = np.zeros(ent.size + 1)
+    np.cumsum(ent, dtype=np.float64, out=csum[1:])
+    if np.isfinite(csum[-1]):  # no NaN/inf: every token counts
+        ccount = np.arange(ent.size + 1)
+    else:
+        finite = np.isfinite(ent)
+        np.cumsum(np.where(finite, ent, 0), dtype=np.float64, out=csum[1:])
+        ccount = np.concatenate([[0], np.cumsum(finite)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    # first position of decile d in a row of length L: ceil(d * L / bins)
+    edges = -(-(np.arange(bins + 1)[None, :] * lengths[:, None]) // bins) + starts[:, None]
+    sums = (csum[edges[:, 1:]] - csum[edges[:, :-1]]).sum(axis=0)
+    counts = (ccount[edges[:, 1:]] - ccount[edges[:, :-1]]).sum(axis=0)
     return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
@@ -92,11 +109,10 @@ def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table) -> dic
                 data[f"trace/{key}"] = value
     if not table.num_rows:
         return data
-    ent = flat_entropy(table)
-    counts = entropy_histogram(ent)
+    counts, top = entropy_histogram(flat_entropy(table))
     data.update({hist_key(i): int(c) for i, c in enumerate(counts)})
     data.update({pos_key(i): p for i, p in enumerate(position_means(table)) if p is not None})
-    data["_hist"] = (counts, hist_edges(float(ent.max()) if ent.size else None))
+    data["_hist"] = (counts, hist_edges(top))
     return data
 
 
