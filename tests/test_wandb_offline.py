@@ -254,6 +254,8 @@ def test_contract_moved_run_is_prepared_for_wandb_sync(logged, tmp_path, monkeyp
     dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(moved)], capture_output=True,
                          text=True, timeout=120, env={**__import__("os").environ, "WANDB_MODE": "offline"})
     assert dry.returncode == 0 and f"run-{run_id}.wandb" in dry.stdout + dry.stderr
+    via_wbtrace = runner.invoke(main, ["sync", str(moved), "--dry-run"])  # options pass through to wandb sync
+    assert via_wbtrace.exit_code == 0 and "would re-point 0" in via_wbtrace.output
 
 
 def test_sync_refuses_a_run_whose_files_are_missing(logged, tmp_path):
