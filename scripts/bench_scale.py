@@ -39,12 +39,19 @@ ROWS: list[tuple[str, str, str, str, str]] = []
 
 
 def timed(fn, repeat: int = 3) -> float:
+    """Median wall seconds of ``fn``; its CPU seconds (all threads of this process) go to `CPU`."""
     xs = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        xs.append(time.perf_counter() - t0)
-    return statistics.median(xs)
+        xs.append((time.perf_counter() - t0, time.process_time() - c0))
+    wall, cpu = sorted(xs)[len(xs) // 2]
+    timed.cpu = cpu
+    return wall
+
+
+def cpu() -> str:
+    return f"{timed.cpu:.2f} s CPU"
 
 
 def row(what: str, before: str, after: str, baseline: str = "", note: str = "") -> None:
@@ -159,22 +166,51 @@ def _python_rate(seconds: float) -> float:
     return n / seconds
 
 
+_COMMIT_IN_PROCESS = """
+import sys
+from wbtrace import TraceWriter
+from wbtrace.synthetic import make_step, synthetic_vocab
+step = make_step(512, int(sys.argv[2]) // 512, 151936, seed=2, min_len=int(sys.argv[2]) // 512, zipf=True)
+print("ready", flush=True)
+sys.stdin.readline()
+with TraceWriter(sys.argv[1], vocab=synthetic_vocab(151936)) as w:
+    w.write_step(1, **step)
+"""
+
+
+def _rate_while(busy: threading.Event, idle: float) -> tuple[float, float]:
+    rates, t0 = [], time.perf_counter()
+    while not busy.is_set():
+        rates.append(_python_rate(0.1))
+    return 100 * statistics.mean(rates) / idle, time.perf_counter() - t0
+
+
 def bench_gil(tmp: Path, tokens: int) -> None:
-    """How fast a pure-Python training loop runs while the writer thread packs and writes a step."""
+    """How fast a pure-Python training loop runs while the step is committed by the writer thread, and
+    while the same commit runs in another process (same CPU competition, no shared GIL): the difference
+    is what a writer process would buy."""
+    import subprocess
+    import sys
+
     idle = _python_rate(1.0)
     w = TraceWriter(tmp / "gil", vocab=synthetic_vocab(V))
-    step = big_step(tokens, 512, seed=2)
-    w.write_step(1, **step)
-    rates, t0 = [], time.perf_counter()
+    t = tokens // 512
+    w.write_step(1, **make_step(512, t, V, seed=2, min_len=t, zipf=True))
     done = threading.Event()
     threading.Thread(target=lambda: (w.flush(), done.set()), daemon=True).start()
-    while not done.is_set():
-        rates.append(_python_rate(0.1))
-    busy = time.perf_counter() - t0
+    thread_pct, thread_s = _rate_while(done, idle)
     w.close()
-    row(f"main thread speed while the writer commits a {tokens / 1e6:.0f}M-token step",
-        "", f"{100 * statistics.mean(rates) / idle:.0f}% for {busy:.1f} s", "",
-        "writer thread: pack + stats + zstd Parquet (Arrow releases the GIL)")
+    proc = subprocess.Popen([sys.executable, "-c", _COMMIT_IN_PROCESS, str(tmp / "gil-proc"), str(tokens)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # the step is built; now commit it while we count
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    exited = threading.Event()
+    threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
+    proc_pct, proc_s = _rate_while(exited, idle)
+    row(f"main thread speed while a {tokens / 1e6:.0f}M-token step is committed", "",
+        f"writer thread: {thread_pct:.0f}% for {thread_s:.1f} s", f"writer process: {proc_pct:.0f}% for {proc_s:.1f} s",
+        "a pure-Python loop; the gap is the GIL")
 
 
 # ----------------------------------------------------------------------------- manifest reads
@@ -212,19 +248,22 @@ def bench_manifest(tmp: Path, stats_steps: int, manifest_steps: int) -> None:
     store = TraceStore(d)
     tok = sum(e["n_tokens"] for e in store.manifest)
     before = timed(lambda: [step_summary(t) for _, t in store.iter_steps()], repeat=1)
+    before_cpu = cpu()
     after = timed(lambda: cli.invoke(main, ["stats", str(d), "--json"]), repeat=1)
+    after_cpu = cpu()
     import duckdb
 
     files = [str(store.step_path(s)) for s in store.steps]
     duck = timed(lambda: duckdb.sql(
         "SELECT step, avg(h), quantile_cont(h, [0.5, 0.8, 0.9, 0.99]) FROM (SELECT step, unnest(entropy)::DOUBLE h "
         f"FROM read_parquet({files!r})) GROUP BY step").fetchall(), repeat=1)
-    row(f"stats, all {stats_steps} steps ({tok / 1e6:.0f}M tokens)", f"{before:.1f} s (every file read)",
-        f"{after:.2f} s (manifest)", f"DuckDB over the files {duck:.1f} s", "")
+    row(f"stats, all {stats_steps} steps ({tok / 1e6:.0f}M tokens)", f"{before:.1f} s, {before_cpu} (every file read)",
+        f"{after:.2f} s, {after_cpu} (manifest)", f"DuckDB over the files {duck:.1f} s, {cpu()}", "")
     many = _many_steps(d, tmp, manifest_steps)
     for cmd in (["ls"], ["stats", "--json"], ["plot", "-o", str(tmp / "p.png")]):
         t = timed(lambda cmd=cmd: cli.invoke(main, [cmd[0], str(many), *cmd[1:]]), repeat=1)
-        row(f"`{cmd[0]}` over {manifest_steps} steps", "", f"{t:.2f} s", "", "")
+        row(f"`{' '.join(cmd[:2] if cmd[0] == 'stats' else cmd[:1])}` over {manifest_steps} steps", "",
+            f"{t:.2f} s, {cpu()}", "", "wall includes imports (matplotlib: ~1 s)")
     manifest = TraceStore(many).manifest
     steps = [e["step"] for e in manifest]
     for n in (manifest_steps, 4 * manifest_steps):
@@ -264,10 +303,14 @@ def bench_where(tmp: Path, tokens: int) -> None:
 
     counts = {before(), after(), polars_plain()}
     assert len(counts) == 1, counts
-    b, a, p = timed(before), timed(after), timed(polars_plain)
-    row(f"export --where, one {n_tok / 1e6:.1f}M-token step", f"{b:.2f} s ({n_tok / b / 1e6:.1f}M tok/s)",
-        f"{a:.2f} s ({n_tok / a / 1e6:.1f}M tok/s)", f"Polars {p:.2f} s ({n_tok / p / 1e6:.1f}M tok/s)",
-        f"{counts.pop()} rows kept")
+    b = timed(before)
+    bc = cpu()
+    a = timed(after)
+    ac = cpu()
+    p = timed(polars_plain)
+    row(f"export --where, one {n_tok / 1e6:.1f}M-token step", f"{b:.2f} s, {bc} ({n_tok / b / 1e6:.1f}M tok/s)",
+        f"{a:.2f} s, {ac} ({n_tok / a / 1e6:.1f}M tok/s)",
+        f"Polars {p:.2f} s, {cpu()} ({n_tok / p / 1e6:.1f}M tok/s)", f"{counts.pop()} rows kept")
 
 
 def bench_sampling(tmp: Path) -> None:

@@ -52,3 +52,26 @@ def test_another_threshold_is_computed_from_the_files(trace_dir):
     other = json.loads(run("stats", trace_dir, "--json", "--threshold", "1.5").output)
     assert other[0]["threshold"] == 1.5 and other[0]["share_above"] < at_default[0]["share_above"]
     assert TraceStore(trace_dir).manifest[0]["threshold"] == pytest.approx(0.672)
+
+
+def test_long_runs_print_plain_tables_with_every_step(trace_dir):
+    """Above 200 rows `ls`/`stats` print plain aligned text (rich took ~1 ms a row); trace strings stay escaped."""
+    manifest = trace_dir / "manifest.jsonl"
+    first = json.loads(manifest.read_text().splitlines()[0])
+    one = trace_dir / first["file"]
+    lines = []
+    for s in range(1, 251):
+        name = f"steps/step_{s:06d}.parquet"
+        if not (trace_dir / name).exists():
+            (trace_dir / name).hardlink_to(one)
+        lines.append(json.dumps({**first, "step": s, "file": name}))
+    manifest.write_text("\n".join(lines) + "\n")
+    info = json.loads((trace_dir / "run.json").read_text())
+    (trace_dir / "run.json").write_text(json.dumps({**info, "model": "m\x1b]0;owned\x07"}))
+    r = run("ls", trace_dir)
+    assert r.exit_code == 0 and "\x1b" not in r.output and "m\\x1b]0;owned\\x07" in r.output
+    rows = [line.split() for line in r.output.splitlines()[2:]]
+    assert [int(x[0]) for x in rows] == list(range(1, 251))
+    assert rows[0][3] == str(first["n_tokens"]) and rows[0][4] == f"{first['entropy_mean']:.3f}"
+    r = run("stats", trace_dir)
+    assert r.exit_code == 0 and r.output.count("\n 250  ") >= 3  # percentile, position and fork tables
