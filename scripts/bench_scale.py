@@ -192,22 +192,24 @@ def bench_gil(tmp: Path, tokens: int) -> None:
     import subprocess
     import sys
 
-    idle = _python_rate(1.0)
     w = TraceWriter(tmp / "gil", vocab=synthetic_vocab(V))
     t = tokens // 512
-    w.write_step(1, **make_step(512, t, V, seed=2, min_len=t, zipf=True))
+    step = make_step(512, t, V, seed=2, min_len=t, zipf=True)
+    idle_before = _python_rate(2.0)
+    w.write_step(1, **step)
     done = threading.Event()
     threading.Thread(target=lambda: (w.flush(), done.set()), daemon=True).start()
-    thread_pct, thread_s = _rate_while(done, idle)
+    thread_pct, thread_s = _rate_while(done, idle_before)
     w.close()
     proc = subprocess.Popen([sys.executable, "-c", _COMMIT_IN_PROCESS, str(tmp / "gil-proc"), str(tokens)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     proc.stdout.readline()  # the step is built; now commit it while we count
+    idle_between = _python_rate(2.0)
     proc.stdin.write("go\n")
     proc.stdin.flush()
     exited = threading.Event()
     threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
-    proc_pct, proc_s = _rate_while(exited, idle)
+    proc_pct, proc_s = _rate_while(exited, idle_between)
     row(f"main thread speed while a {tokens / 1e6:.0f}M-token step is committed", "",
         f"writer thread: {thread_pct:.0f}% for {thread_s:.1f} s", f"writer process: {proc_pct:.0f}% for {proc_s:.1f} s",
         "a pure-Python loop; the gap is the GIL")
@@ -329,20 +331,23 @@ def main() -> None:
     ap.add_argument("--step-tokens", type=int, default=2_000_000)
     ap.add_argument("--stats-steps", type=int, default=100)
     ap.add_argument("--manifest-steps", type=int, default=5000)
-    ap.add_argument("--only", choices=("cuda",), help="only the CUDA hand-off (for the GPU machine)")
+    ap.add_argument("--only", default="handoff,queue,gil,where,manifest,sampling",
+                    help="comma-separated sections: handoff, cuda, queue, gil, where, manifest, sampling")
     args = ap.parse_args()
     print(f"{platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}, pyarrow {pa.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if args.only == "cuda":
-            bench_handoff_cuda(args.handoff_tokens, tmp)
-            return _print_table()
-        bench_handoff(args.handoff_tokens)
-        bench_full_queue(tmp)
-        bench_gil(tmp, args.step_tokens)
-        bench_where(tmp, args.step_tokens)
-        bench_manifest(tmp, args.stats_steps, args.manifest_steps)
-        bench_sampling(tmp)
+        sections = {
+            "handoff": lambda: bench_handoff(args.handoff_tokens),
+            "cuda": lambda: bench_handoff_cuda(args.handoff_tokens, tmp),
+            "queue": lambda: bench_full_queue(tmp),
+            "gil": lambda: bench_gil(tmp, args.step_tokens),
+            "where": lambda: bench_where(tmp, args.step_tokens),
+            "manifest": lambda: bench_manifest(tmp, args.stats_steps, args.manifest_steps),
+            "sampling": lambda: bench_sampling(tmp),
+        }
+        for name in args.only.split(","):
+            sections[name.strip()]()
     _print_table()
 
 

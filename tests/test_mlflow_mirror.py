@@ -42,7 +42,7 @@ def client(server):
 
 
 def write_trace(run_dir: Path, steps, sinks=(), on_step=None, run_info=None) -> TraceStore:
-    with TraceWriter(run_dir, vocab=synthetic_vocab(50), sinks=sinks, run_info=run_info) as w:
+    with TraceWriter(run_dir, vocab=synthetic_vocab(50), sinks=sinks, run_info=run_info, max_wait_ms=60_000) as w:
         for step in steps:
             w.write_step(step, **make_step(6, 24, 50, seed=step))
             if on_step:

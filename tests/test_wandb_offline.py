@@ -278,7 +278,8 @@ def test_history_bytes_per_row_do_not_grow_with_the_step(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     sink = WandbSink(project="wbtrace-test", mode="offline", dir=str(tmp_path / "wb"), preview_rows=1)
     rng = np.random.default_rng(1)
-    with TraceWriter(tmp_path / "trace", vocab=EVIL, sinks=[sink]) as w:
+    # max_wait_ms: 200 steps as fast as possible; the default would drop one when the sink falls behind
+    with TraceWriter(tmp_path / "trace", vocab=EVIL, sinks=[sink], max_wait_ms=60_000) as w:
         for step in range(1, 201):
             w.write_step(step, token_ids=rng.integers(0, 4, (4, 5)), response_mask=np.ones((4, 5)),
                          entropy=rng.random((4, 5)) * 3, reward=rng.random(4), group_id=np.repeat(np.arange(2), 2))
