@@ -107,6 +107,7 @@ def test_unwritable_path_disables_the_writer_instead_of_raising(tmp_path):
     assert w.disabled and "cannot write the trace" in w.disabled
     assert not w.write_step(1, **make_step(2, 4, 10, seed=1))
     report = w.close()
+    w.flush()  # returns: nothing is queued behind a writer that never started
     assert not report.ok and report.errors == 2 and report.written == 0
     assert "NotADirectoryError" in report.messages[0]
 

@@ -414,10 +414,10 @@ class TraceWriter:
             raise
 
     def _put(self, step: int, arrays: dict[str, Any]) -> bool:
-        shape = tuple(getattr(arrays["token_ids"], "shape", ()))
+        shape = getattr(arrays["token_ids"], "shape", None)
         for name in ("response_mask", "entropy", "logprob"):  # cheap: shapes only, values are checked later
             got = getattr(arrays.get(name), "shape", None)
-            if got is not None and (len(shape) != 2 or tuple(got) != shape):
+            if shape is not None and got is not None and tuple(got) != tuple(shape):
                 raise BadInputError(f"{name} has shape {list(got)}, token_ids has {list(shape)}")
         if not self._slots.acquire(timeout=self.max_wait_ms / 1000):
             with self._lock:
@@ -454,9 +454,9 @@ class TraceWriter:
             first = not self._closed
             self._closed = True
         if first:
-            with self._put_lock:
-                self._queue.put(_STOP)
-            if self._thread.is_alive() or not self.disabled:
+            if self._thread.is_alive():  # not started when the directory could not be set up
+                with self._put_lock:
+                    self._queue.put(_STOP)
                 self._thread.join()
             for sink in self.sinks:
                 self._call_sink(sink, "finish", status)
