@@ -15,11 +15,12 @@ from click.testing import CliRunner
 pytest.importorskip("wandb")
 
 from wbtrace import TraceStore, TraceWriter  # noqa: E402
+from wbtrace.backends.wandb_file import iter_payloads, read_run_log  # noqa: E402
 from wbtrace.cli import main  # noqa: E402
 from wbtrace.errors import SourceError, TraceFormatError  # noqa: E402
-from wbtrace.sources.pull import StepSpec  # noqa: E402
-from wbtrace.sources.wandb_file import iter_payloads, read_run_log  # noqa: E402
-from wbtrace.sources.wandb_offline import find_wandb_file, pull_offline  # noqa: E402
+from wbtrace.sources.pull import pull  # noqa: E402
+from wbtrace.sources.wandb_offline import WandbOfflineSource, find_wandb_file  # noqa: E402
+from wbtrace.steps import StepSelection  # noqa: E402
 
 N_STEPS = 3
 EVIL = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a", "\n"]
@@ -98,7 +99,7 @@ def test_copied_run_dir_pulls_byte_identical(logged, tmp_path):
     trace, run_dir, run_id = logged
     moved = tmp_path / "elsewhere" / "renamed-run"
     shutil.copytree(run_dir, moved)
-    out = pull_offline(moved, StepSpec.parse(all=True), tmp_path / "pulled")
+    out = pull(WandbOfflineSource(moved), StepSelection(all=True), tmp_path / "pulled")
     store, orig = TraceStore(out), TraceStore(trace)
     assert store.steps == [1, 2, 3]
     for s in store.steps:
@@ -110,7 +111,7 @@ def test_copied_run_dir_pulls_byte_identical(logged, tmp_path):
 def test_pull_missing_step_lists_existing(logged, tmp_path):
     _, run_dir, _ = logged
     with pytest.raises(SourceError, match="step 9 not found; steps that exist: 1-3"):
-        pull_offline(run_dir, StepSpec.parse([9]), tmp_path / "x")
+        pull(WandbOfflineSource(run_dir), StepSelection(steps=(9,)), tmp_path / "x")
 
 
 def test_cli_pull_then_export_equals_local_export(logged, tmp_path):

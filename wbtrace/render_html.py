@@ -12,8 +12,7 @@ import math
 from collections.abc import Sequence
 
 from wbtrace.palette import entropy_hex
-
-DEFAULT_THRESHOLD = 0.672  # the paper's 80th percentile
+from wbtrace.stats import DEFAULT_THRESHOLD
 
 
 def entropy_color(h: float | None) -> str:
@@ -71,8 +70,3 @@ def token_spans_html(
     if not wrap:
         return body
     return f'<div style="font-family:monospace;white-space:pre-wrap;line-height:1.6">{body}</div>'
-
-
-def escape(text: str) -> str:
-    """Escape untrusted text for HTML content and attributes."""
-    return html.escape(str(text), quote=True)

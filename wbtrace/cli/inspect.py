@@ -11,10 +11,11 @@ from rich.table import Table
 from rich.text import Text
 
 from wbtrace.cli.app import main
-from wbtrace.cli.options import fmt_float, open_store, selected_steps, step_options, trace_dir_argument
+from wbtrace.cli.options import fmt_float, open_store, step_options, trace_dir_argument
 from wbtrace.errors import BadInputError
 from wbtrace.palette import entropy_hex, text_color_for
 from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
+from wbtrace.steps import StepSelection
 
 
 @main.command("ls")
@@ -58,8 +59,7 @@ def _stats_record(store, step: int, threshold: float) -> dict:
               show_default=True,
               help="Entropy (nats) above which a token counts as high-entropy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per step) instead of tables.")
-def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
-              as_json: bool) -> None:
+def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: bool) -> None:
     """Per-step entropy statistics: percentiles, share above a threshold, correct vs incorrect,
     entropy by relative position, top forking tokens.
 
@@ -69,7 +69,7 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
         wbtrace stats outputs/demo/entropy_trace --json | jq '.[] | .entropy_p90'
     """
     store = open_store(trace_dir)
-    records = [_stats_record(store, s, threshold) for s in selected_steps(store, steps, step_range)]
+    records = [_stats_record(store, s, threshold) for s in store.select(steps)]
     if as_json:
         click.echo(json.dumps(records, indent=1))
         return
@@ -140,7 +140,7 @@ def show_cmd(trace_dir: str, step: int, sample: int) -> None:
         text.append(store.vocab.text(tok), style=f"{text_color_for(h)} on {entropy_hex(h)}")
     console.print(text)
     console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
-                                                     for h in (0, 0.3, 0.672, 1, 2, 3.5, 6))) + Text(" nats"))
+                                                     for h in (0, 0.3, DEFAULT_THRESHOLD, 1, 2, 3.5, 6))) + Text(" nats"))
 
 
 @main.command("plot")
@@ -148,7 +148,7 @@ def show_cmd(trace_dir: str, step: int, sample: int) -> None:
 @step_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image file; the format follows the suffix (.png, .svg, .pdf). Default TRACE_DIR/entropy.png.")
-def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, output: Path | None) -> None:
+def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     """Plot entropy over training: percentile bands, share above the threshold, correct vs
     incorrect, reward (needs matplotlib: pip install 'wbtrace[plot]').
 
@@ -159,6 +159,6 @@ def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, out
     from wbtrace.plot import plot_trace
 
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     out = plot_trace(store, output or store.run_dir / "entropy.png", chosen)
     click.echo(f"wrote {out}", err=True)

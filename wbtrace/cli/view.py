@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from wbtrace.cli.app import main
+from wbtrace.cli.options import step_options
+from wbtrace.steps import StepSelection
 
 
 @main.command()
 @click.argument("trace_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--steps", default=None, metavar="SPEC",
-              help="Steps to include: N, N,M,..., A:B (inclusive) or last. Default: the latest steps "
-                   "within ~4.5M tokens (all steps with --serve).")
+@step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: TRACE_DIR/report.html].")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -22,7 +22,7 @@ from wbtrace.cli.app import main
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
 @click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
 @click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
-def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
+def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
          serve: bool, port: int) -> None:
     """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
 

@@ -29,43 +29,21 @@ import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from wbtrace.backends.wandb import ARTIFACT_TYPE, RUN_FILES_DIR, artifact_name, step_alias
 from wbtrace.errors import require
 from wbtrace.render_html import token_spans_html
-from wbtrace.sinks.base import TraceSink
+from wbtrace.sinks.base import TraceSink, step_metrics
 from wbtrace.stats import DEFAULT_THRESHOLD
-from wbtrace.store import RUN_JSON, VOCAB_FILE, step_relpath
-
-if TYPE_CHECKING:
-    pass
+from wbtrace.store import RUN_JSON, VOCAB_FILE, atomic_output, step_relpath
 
 logger = logging.getLogger(__name__)
 
-ARTIFACT_TYPE = "entropy-trace"
 MAX_METADATA_KEYS = 100  # W&B's limit on artifact metadata keys
-_NOT_METRICS = {"step", "file", "bytes", "committed_at", "recovered", "threshold", "schema_version"}
-
-
-def artifact_name(run_id: str) -> str:
-    """Artifact collection of a run's traces; artifact names are project-wide, so it holds the run id."""
-    return f"wbtrace-{run_id}"
-
-
-def step_alias(step: int) -> str:
-    return f"step-{step}"
-
-
-def wandb_available() -> bool:
-    """True when the ``wandb`` package can be imported."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class WandbSink(TraceSink):
@@ -104,7 +82,7 @@ class WandbSink(TraceSink):
         self.preview_rows = int(preview_rows)
         self.preview_tokens = int(preview_tokens)
         self.threshold = float(threshold)
-        self.root = Path(run.settings.sync_dir) / "wbtrace"
+        self.root = Path(run.settings.sync_dir) / RUN_FILES_DIR
         self._lock = threading.Lock()
         self._trace_row = -1
         self._run_files: dict[str, Path] = {}
@@ -160,7 +138,7 @@ class WandbSink(TraceSink):
             return
         try:
             self.run.finish(exit_code=0 if status == "success" else 1)
-            if self.run.settings._offline:
+            if self.run.settings.mode in ("offline", "dryrun"):
                 self._wait_for_offline_log()
         except Exception as e:  # finishing must never turn a finished training into a crash
             logger.warning("wbtrace: finishing the W&B run failed: %s: %s", type(e).__name__, e)
@@ -173,7 +151,7 @@ class WandbSink(TraceSink):
         """
         import time
 
-        from wbtrace.sources.wandb_file import iter_records
+        from wbtrace.backends.wandb_file import iter_records
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -211,9 +189,7 @@ class WandbSink(TraceSink):
         from wbtrace.stats import histogram, position_profile
 
         data: dict[str, Any] = {"trace/step": int(step)}
-        for key, value in stats.items():
-            if key not in _NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
-                data[f"trace/{key}"] = value
+        data.update(step_metrics(stats))
         if table.num_rows:
             counts, edges = histogram(table, bins=HIST_BINS, max_entropy=HIST_MAX)
             data["trace/entropy_hist"] = wandb.Histogram(np_histogram=(counts, edges))
@@ -264,35 +240,30 @@ PREVIEW_COLUMNS = ["step", "sample_id", "group_id", "reward", "correct", "entrop
 
 def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, threshold: float = DEFAULT_THRESHOLD,
                  max_tokens: int = 2048) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows (Python values; ``tokens`` is HTML) of the preview of up to ``n_rows`` responses.
+    """Columns and rows (Python values; ``tokens`` is HTML) of the preview of up to ``n_rows`` responses
+    (`wbtrace.preview`: rows spread evenly over the step)."""
+    from wbtrace.preview import preview_columns, preview_sample
 
-    Rows are spread evenly over the step so every group has a chance to appear.
-    """
-    idx = np.unique(np.linspace(0, table.num_rows - 1, min(n_rows, table.num_rows)).astype(int))
-    sub = table.take(pa.array(idx))
-    cols = {name: sub.column(name).to_pylist() for name in
-            ("step", "sample_id", "group_id", "reward", "correct", "response_length", "token_ids", "entropy")
-            if name in sub.column_names}
+    sub = preview_sample(table, n_rows)
+    cols = preview_columns(sub)
+    ids_col, ent_col = sub.column("token_ids").to_pylist(), sub.column("entropy").to_pylist()
+    none = [None] * sub.num_rows
     rows = []
     for i in range(sub.num_rows):
-        ids, ent = cols["token_ids"][i] or [], cols["entropy"][i] or []
-        h = np.asarray(ent, dtype=np.float32)
+        ids, ent = ids_col[i] or [], ent_col[i] or []
         words = _texts(texts, ids)
-        rows.append([
-            cols.get("step", [None] * sub.num_rows)[i], cols.get("sample_id", [None] * sub.num_rows)[i],
-            cols.get("group_id", [None] * sub.num_rows)[i], cols.get("reward", [None] * sub.num_rows)[i],
-            cols.get("correct", [None] * sub.num_rows)[i],
-            float(h.mean()) if h.size else None, float(h.max()) if h.size else None,
-            cols.get("response_length", [len(ids)] * sub.num_rows)[i],
-            _top_forking(words, h, threshold),
-            _response_html(words, ent, threshold, max_tokens),
-        ])
+        rows.append([*(cols.get(k, none)[i] for k in ("step", "sample_id", "group_id", "reward", "correct",
+                                                      "entropy_mean", "entropy_max")),
+                     cols["response_length"][i] if "response_length" in cols else len(ids),
+                     _top_forking(words, np.asarray(ent, dtype=np.float32), threshold),
+                     _response_html(words, ent, threshold, max_tokens)])
     return list(PREVIEW_COLUMNS), rows
 
 
 def _texts(texts: np.ndarray | None, ids: list[int]) -> list[str]:
-    n = 0 if texts is None else len(texts)
-    return [str(texts[t]) if 0 <= t < n else f"<id:{t}>" for t in ids]
+    from wbtrace.vocab import texts_for
+
+    return [str(t) for t in texts_for(np.array([], dtype=object) if texts is None else texts, ids)]
 
 
 def _top_forking(words: list[str], h: np.ndarray, threshold: float, top: int = 5) -> str:
@@ -322,11 +293,9 @@ def _link(src: Path, dest: Path) -> Path:
                                            and dest.read_bytes() == src.read_bytes()):
             return dest
         dest.unlink()
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_output(dest, fsync=False) as tmp:  # a link or a copy of a file already synced
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copy2(src, tmp)
     return dest

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from wbtrace.steps import StepSelection
 from wbtrace.store import TraceStore
 from wbtrace.viewer.charts import chart_specs
 from wbtrace.viewer.data import step_payload
@@ -29,7 +30,7 @@ _STEP_PATH = re.compile(r"^/api/step/(\d+)$")
 class ViewerApp:
     """The pages and step payloads of one trace, with a small LRU of encoded steps."""
 
-    def __init__(self, trace_dir: str | Path, steps: str | None = None, threshold: float | None = None,
+    def __init__(self, trace_dir: str | Path, steps: str | StepSelection | None = None, threshold: float | None = None,
                  cache_steps: int = 3) -> None:
         self.store = TraceStore(trace_dir)
         self.steps = resolve_steps(self.store, steps, budget=None)
