@@ -277,7 +277,9 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
-        self._run_lock = threading.Lock()  # trainer metrics and writer steps arrive from two threads
+        # The writer thread (log_run/log_step) and the trainer (log_metrics) both reach _ensure_run first
+        # thing; without the lock both found no run and each created one.
+        self._run_lock = threading.Lock()
 
     # -- plumbing
 
@@ -301,10 +303,10 @@ class MlflowSink(TraceSink):
             ) from e
 
     def _ensure_run(self) -> MlflowClient:
-        with self._run_lock:  # two threads finding no run would create two
-            return self._find_run()
+        with self._run_lock:
+            return self._ensure_run_locked()
 
-    def _find_run(self) -> MlflowClient:
+    def _ensure_run_locked(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:
