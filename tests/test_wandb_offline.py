@@ -21,6 +21,7 @@ from wbtrace.errors import SourceError, TraceFormatError  # noqa: E402
 from wbtrace.sources.pull import pull  # noqa: E402
 from wbtrace.sources.wandb_offline import WandbOfflineSource, find_wandb_file  # noqa: E402
 from wbtrace.steps import StepSelection  # noqa: E402
+from weave_panels import CHARTS  # noqa: E402
 
 N_STEPS = 3
 EVIL = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a", "\n"]
@@ -194,7 +195,8 @@ def test_workspace_json_loads_back():
     ws = load_workspace_json(res.output)
     assert (ws.entity, ws.project) == ("me", "dapo")
     charts = [p for s in ws.sections for p in s.panels if type(p).__name__ == "CustomChart"]
-    assert len(charts) == 3 and all(c.chart_name.startswith("me/wbtrace-") for c in charts)
+    n_history = sum(c.source == "history" for c in CHARTS.values())  # 3 entropy charts + 4 analyses
+    assert len(charts) == n_history == 7 and all(c.chart_name.startswith("me/wbtrace-") for c in charts)
     spec = json.loads(res.output)
     ids = [p["config"]["panelDefId"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]
            for p in s["panels"] if p.get("viewType") == "Vega2"] if "spec" in spec else []

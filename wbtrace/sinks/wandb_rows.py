@@ -16,6 +16,7 @@ cost, plus one vectorised pass for the histogram and the position profile.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -102,8 +103,9 @@ def position_means(table: pa.Table, bins: int = POSITION_BINS) -> list[float | N
     return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
-def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table) -> dict[str, Any]:
-    """The step's history row (scalars only), plus ``_hist`` = (counts, edges) for a `wandb.Histogram`."""
+def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table, analyses: bool = True) -> dict[str, Any]:
+    """The step's history row (scalars only), plus ``_hist`` = (counts, edges) for a `wandb.Histogram`;
+    with ``analyses`` also `analysis_scalars`."""
     data: dict[str, Any] = {"trace/step": int(step)}
     data.update({k: v for k, v in step_metrics(stats).items() if math.isfinite(v)})
     if not table.num_rows:
@@ -112,7 +114,21 @@ def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table) -> dic
     data.update({hist_key(i): int(c) for i, c in enumerate(counts)})
     data.update({pos_key(i): p for i, p in enumerate(position_means(table)) if p is not None})
     data["_hist"] = (counts, hist_edges(top))
+    if analyses:
+        data.update(analysis_scalars(table))
     return data
+
+
+def analysis_scalars(table: pa.Table) -> dict[str, float]:
+    """``trace/<key>`` for `wbtrace.analysis.step_scalars` (covariance, group shares, end share, fork
+    concentration: the analysis presets' rows); a step they cannot analyse logs none of them."""
+    from wbtrace.analysis.step_scalars import step_scalars
+
+    try:
+        return {f"trace/{k}": v for k, v in step_scalars(table).items()}
+    except Exception as e:  # noqa: BLE001  (an analysis must never cost the step its history row)
+        logging.getLogger(__name__).warning("analysis scalars skipped for this step: %s", e)
+        return {}
 
 
 def _numpy(table: pa.Table, name: str, fill: Any) -> np.ndarray | None:
