@@ -290,10 +290,10 @@ def bench_where(tmp: Path, tokens: int) -> None:
     n_tok = sum(table.column("response_length").to_pylist())
 
     def before() -> int:  # old path: every column of every token, the vocab join, then Polars' filter
-        return pl.from_arrow(token_rows(table, texts)).filter(pl.sql_expr(where)).height
+        return pl.from_arrow(token_rows(table, store.vocab, texts)).filter(pl.sql_expr(where)).height
 
     def after() -> int:
-        return token_rows(table, texts, RowFilter(where)).num_rows
+        return token_rows(table, store.vocab, texts, RowFilter(where)).num_rows
 
     vocab = pl.DataFrame({"token_id": np.arange(len(texts), dtype=np.int32), "token": texts.to_pylist()})
 

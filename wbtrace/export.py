@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError
-from wbtrace.store import TraceStore
+from wbtrace.store import TraceStore, atomic_output
 from wbtrace.vocab import Vocab
 from wbtrace.where import RowFilter
 
@@ -35,18 +34,8 @@ def _vocab_array(vocab: Vocab) -> pa.Array:
     return pa.array(list(vocab.texts), type=pa.string())
 
 
-def token_texts(ids: pa.Array, vocab_texts: pa.Array) -> pa.Array:
-    """Display text per token id; ids outside the vocabulary show as ``<id:N>``."""
-    n = len(vocab_texts)
-    valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n))
-    if n and pc.all(valid).as_py():
-        return pc.take(vocab_texts, ids)  # the common case: no string building per row
-    texts = pc.take(vocab_texts, pc.if_else(valid, ids, 0)) if n else pa.nulls(len(ids), pa.string())
-    unknown = pc.binary_join_element_wise("<id:", pc.cast(ids, pa.string()), ">", "")
-    return pc.if_else(valid, texts, unknown)
-
-
-def _token_builders(table: pa.Table, vocab_texts: pa.Array) -> dict[str, Callable[[pa.Array | None], pa.Array]]:
+def _token_builders(table: pa.Table, vocab: Vocab, vocab_texts: pa.Array | None
+                    ) -> dict[str, Callable[[pa.Array | None], pa.Array]]:
     """Each token-row column as a function of the token indices to keep (None: all), so a filtered
     export builds only the rows it writes (and the vocabulary join only for them)."""
     ent = table.column("entropy").combine_chunks()
@@ -79,17 +68,18 @@ def _token_builders(table: pa.Table, vocab_texts: pa.Array) -> dict[str, Callabl
             cols[name] = per_response(name)
     cols["position"] = position
     cols["token_id"] = pick(ids)
-    cols["token"] = lambda idx: token_texts(ids if idx is None else ids.take(idx), vocab_texts)
+    cols["token"] = lambda idx: vocab.arrow_texts(ids if idx is None else ids.take(idx), vocab_texts)
     return cols
 
 
-def token_rows(table: pa.Table, vocab_texts: pa.Array, where: RowFilter | None = None) -> pa.Table:
+def token_rows(table: pa.Table, vocab: Vocab, vocab_texts: pa.Array | None = None,
+               where: RowFilter | None = None) -> pa.Table:
     """One row per token: ``step, sample_id, group_id, position, token_id, token, entropy, logprob,
     reward, advantage``, then other per-response columns and extra per-token lists (``ratio`` ...).
 
     ``where`` is evaluated over the columns it names first; only the rows it keeps are built.
     """
-    cols = _token_builders(table, vocab_texts)
+    cols = _token_builders(table, vocab, vocab_texts)
     idx = None
     if where is not None:
         where.check_columns(cols)
@@ -103,21 +93,15 @@ def response_rows(table: pa.Table, vocab: Vocab, where: RowFilter | None = None)
 
     With ``where``, response texts are decoded only for the rows it keeps (unless it filters on them).
     """
-    from wbtrace.stats import DEFAULT_THRESHOLD
+    from wbtrace.stats import response_entropy
 
-    ent = table.column("entropy").combine_chunks()
     keep = [c for c in table.column_names
             if not (pa.types.is_list(table.schema.field(c).type) or c == "prompt_text")]
     out = {c: table.column(c) for c in keep}
-    flat = pc.list_flatten(ent).cast(pa.float32())
-    parents = pc.list_parent_indices(ent)
-    grouped = pa.table({"row": parents, "h": flat, "hi": pc.greater(flat, DEFAULT_THRESHOLD)}).group_by("row").aggregate(
-        [("h", "mean"), ("h", "max"), ("hi", "sum")])
-    idx = grouped.column("row").to_numpy()
-    for src, dst in (("h_mean", "entropy_mean"), ("h_max", "entropy_max"), ("hi_sum", "n_above_threshold")):
-        vals = np.full(table.num_rows, np.nan if dst != "n_above_threshold" else 0)
-        vals[idx] = grouped.column(src).to_numpy(zero_copy_only=False)
-        out[dst] = pa.array(vals.astype(np.int32) if dst == "n_above_threshold" else vals.astype(np.float32))
+    summary = response_entropy(table)
+    out["entropy_mean"] = pa.array(summary["entropy_mean"].astype(np.float32))
+    out["entropy_max"] = pa.array(summary["entropy_max"].astype(np.float32))
+    out["n_above_threshold"] = pa.array(summary["n_above"].astype(np.int32))
 
     def texts(t: pa.Table) -> pa.Array:
         return pa.array([vocab.decode(ids) for ids in t.column("token_ids").to_pylist()], type=pa.string())
@@ -186,15 +170,8 @@ def _open_output(path: str, fmt: str) -> Iterator[IO[bytes]]:
             raise BadInputError("--format parquet needs -o FILE (Parquet cannot stream to stdout)")
         yield sys.stdout.buffer
         return
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(dest)  # a failed export never leaves a half file under the real name
+    with atomic_output(path, parents=False) as tmp, open(tmp, "wb") as f:  # a failed export leaves no half file
+        yield f
 
 
 def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: str = "csv", level: str = "token",
@@ -212,7 +189,7 @@ def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: s
         sink = _Sink(fmt, f, out)
         try:
             for step, table in store.iter_steps(steps):
-                rows = (token_rows(table, texts, row_filter) if level == "token"
+                rows = (token_rows(table, vocab, texts, row_filter) if level == "token"
                         else response_rows(table, vocab, row_filter))
                 sink.write(rows)
                 if progress is not None:
