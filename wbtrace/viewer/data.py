@@ -133,10 +133,7 @@ def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str
 def _step_cols(table: pa.Table, threshold: float) -> dict[str, list]:
     """The per-response columns the whole-step charts use (correct, entropy_mean), for a paged payload."""
     cols = {k: v for k, v in _columns(table).items() if k == "correct"}
-    ent = _flat(table, "entropy").astype(np.float16)
-    lengths = pc.list_value_length(table.column("entropy").combine_chunks()).fill_null(0)
-    offsets = np.concatenate([[0], np.cumsum(lengths.to_numpy(zero_copy_only=False))]).astype(np.int64)
-    cols["entropy_mean"] = _response_stats(ent, offsets, threshold)["entropy_mean"]
+    cols["entropy_mean"] = _response_stats(table, threshold)["entropy_mean"]
     return cols
 
 
