@@ -88,7 +88,7 @@ class WandbSink(TraceSink):
         Log into this run instead of creating one; the sink then leaves finishing it to its owner.
     threshold : float, default 0.672
         Entropy at which a token counts as forking (underlined in the preview, ``share_above``).
-    preview_tokens : int, default 2048
+    preview_tokens : int, default 1024
         Tokens shown per preview response; the rest is summarised as "... N more tokens".
     reference_uri : str, optional
         URI under which readers reach the trace dir (``file:///shared/traces/run1``, ``s3://bucket/run1``):
@@ -101,7 +101,7 @@ class WandbSink(TraceSink):
     def __init__(self, project: str = "wbtrace", entity: str | None = None, name: str | None = None,
                  config: Mapping[str, Any] | None = None, mode: str | None = None, dir: str | None = None,
                  preview_rows: int = 64, run: Any = None, threshold: float = DEFAULT_THRESHOLD,
-                 preview_tokens: int = 2048, reference_uri: str | None = None) -> None:
+                 preview_tokens: int = 1024, reference_uri: str | None = None) -> None:
         wandb = require("wandb", "wandb")  # fail fast with the install hint
         if reference_uri and "://" not in reference_uri:
             raise BadInputError(f"reference_uri {reference_uri!r} is not a URI (file:///..., s3://...)")
