@@ -13,9 +13,9 @@ from rich.progress import Progress
 from wbtrace.steps import GRAMMAR, StepSelection
 from wbtrace.store import TraceStore
 
-
-def trace_dir_argument(f: Callable) -> Callable:
-    return click.argument("trace_dir", type=click.Path(file_okay=False, path_type=str))(f)
+def trace_dir_argument(f: Callable, name: str = "trace_dir") -> Callable:
+    """The trace argument: anything `wbtrace pull` accepts (see `open_store`)."""
+    return click.argument(name, metavar="TRACE")(f)
 
 
 def step_options(f: Callable | None = None, *, all_flag: bool = False, default: str = "every step") -> Callable:
@@ -47,8 +47,18 @@ def format_option(choices: tuple[str, ...], default: str) -> Callable:
                         help="Output format.")
 
 
-def open_store(trace_dir: str) -> TraceStore:
-    return TraceStore(trace_dir)
+def open_store(trace_dir: str, steps: StepSelection | None = None) -> TraceStore:
+    """The trace a command reads: a trace dir in place, any other source through the local cache
+    (`wbtrace.sources.cache.open_trace`; only the ``steps`` selected are fetched, once)."""
+    from pathlib import Path
+
+    if (Path(trace_dir) / "run.json").is_file():
+        return TraceStore(trace_dir)
+    from wbtrace.sources.cache import open_trace
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"reading {trace_dir}", total=None)
+        return open_trace(trace_dir, steps, progress=lambda done, total: bar.update(task, completed=done, total=total))
 
 
 def progress_bar(show: bool = True) -> Progress:

@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from wbtrace.cli.app import main
-from wbtrace.cli.options import step_options
+from wbtrace.cli.options import open_store, step_options, trace_dir_argument
 from wbtrace.steps import StepSelection
 
 
 @main.command()
-@click.argument("trace_dir", type=click.Path(file_okay=False, path_type=Path))
+@trace_dir_argument
 @step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: TRACE_DIR/report.html].")
@@ -24,10 +24,9 @@ from wbtrace.steps import StepSelection
 @click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
 @click.option("--follow", is_flag=True,
               help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
-@click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
-              metavar="OTHER_TRACE", help="A second trace for the Compare runs tab.")
-def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
-         serve: bool, port: int, follow: bool, compare: Path | None) -> None:
+@click.option("--compare", "compare", default=None, metavar="OTHER_TRACE", help="A second trace for the Compare runs tab.")
+def view(trace_dir: str, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
+         serve: bool, port: int, follow: bool, compare: str | None) -> None:
     """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
 
     \b
@@ -42,6 +41,8 @@ def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: 
 
     if follow and not serve:
         raise click.UsageError("--follow needs --serve (a file cannot change once written)")
+    trace_dir = open_store(trace_dir, steps).run_dir  # any source: a remote one is read through the cache
+    compare = open_store(compare).run_dir if compare is not None else None
     if not serve:
         out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold,
                            compare=compare)
