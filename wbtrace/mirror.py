@@ -125,6 +125,9 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
             report.metrics_logged += len(missing)
         if progress:
             progress(i, len(manifest))
+    if client.get_run(rid).info.status == "RUNNING":
+        # every file and metric is there now: a run mirror created (or a sink left open) is done
+        client.set_terminated(rid, status="FINISHED")
     return report
 
 

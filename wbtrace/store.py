@@ -72,6 +72,52 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
+# Manifest values that are numbers (step statistics, sizes); readers do arithmetic on them.
+_NUMERIC_KEY = re.compile(r"^(n_|entropy_|reward_|share_|accuracy$|threshold$|bytes$|response_length_mean$)")
+
+
+def clean_manifest_entry(entry: dict[str, Any], source: Path | str = MANIFEST) -> dict[str, Any] | None:
+    """``entry`` as readers may use it, or None when it names no step.
+
+    The manifest may come from someone else's trace: a statistic that is not a finite number is dropped
+    (readers show it as missing) and a ``file`` that is not a relative path inside ``steps/`` is replaced
+    by the step's standard name, so no reader does arithmetic on a string or opens a path outside the trace.
+    """
+    step = entry.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return None
+    out = dict(entry)
+    for key, value in entry.items():
+        if _NUMERIC_KEY.match(key) and value is not None and not _is_number(value):
+            log.warning("%s: step %d: %s is %r, not a number; ignored", source, step, key, value)
+            del out[key]
+    file = out.get("file")
+    if file is not None and (not isinstance(file, str) or parse_step_filename(Path(file).name) is None
+                             or Path(file).parent != Path(STEPS_DIR)):
+        out["file"] = step_relpath(step)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only set it; /proc has it on Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
                  check: Callable[[Path], Any] | None = None) -> Any:
     """Write ``data`` (or a copy of the file ``src``) to ``path`` whole or not at all.
@@ -82,6 +128,7 @@ def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600: teammates on shared storage could not read
         with os.fdopen(fd, "wb") as f:
             if src is not None:
                 with open(src, "rb") as s:
@@ -177,8 +224,9 @@ class TraceStore:
 
     @property
     def manifest(self) -> list[dict[str, Any]]:
-        """Committed steps' manifest lines, in step order, one per step."""
-        by_step = {e["step"]: e for e in read_manifest(self.run_dir / MANIFEST) if isinstance(e.get("step"), int)}
+        """Committed steps' manifest lines, in step order, one per step (see `clean_manifest_entry`)."""
+        entries = (clean_manifest_entry(e, self.run_dir / MANIFEST) for e in read_manifest(self.run_dir / MANIFEST))
+        by_step = {e["step"]: e for e in entries if e is not None}
         return [by_step[s] for s in sorted(by_step)]
 
     @property
@@ -221,10 +269,9 @@ class TraceStore:
             raise BadInputError(f"step {step} not in {self.run_dir}; it has steps {format_steps(self.steps)}")
         try:
             table = pq.read_table(path, columns=columns)
-        except (pa.ArrowInvalid, OSError) as e:
+        except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
-        if columns is None:
-            check_table(table, str(path))
+        check_table(table, str(path), partial=columns is not None)
         return table
 
     def iter_steps(self, steps: Iterable[int] | None = None, columns: list[str] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -15,6 +16,7 @@ from wbtrace.cli.options import fmt_float, open_store, selected_steps, step_opti
 from wbtrace.errors import BadInputError
 from wbtrace.palette import entropy_hex, text_color_for
 from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
+from wbtrace.textsafe import rich_text, terminal_text
 
 
 @main.command("ls")
@@ -27,11 +29,12 @@ def ls_cmd(trace_dir: str) -> None:
         wbtrace ls outputs/demo/entropy_trace
     """
     store = open_store(trace_dir)
-    table = Table(title=f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})", title_justify="left")
+    table = Table(title=rich_text(f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})"),
+                  title_justify="left")
     for col in ("step", "responses", "kept", "tokens", "mean H", "p90 H", "reward", "KiB"):
         table.add_column(col, justify="right")
     for e in store.manifest:
-        table.add_row(str(e["step"]), str(e.get("n_responses")), str(e.get("n_kept")), str(e.get("n_tokens")),
+        table.add_row(str(e["step"]), *(str(e.get(k, "-")) for k in ("n_responses", "n_kept", "n_tokens")),
                       fmt_float(e.get("entropy_mean")), fmt_float(e.get("entropy_p90")),
                       fmt_float(e.get("reward_mean")), f"{e.get('bytes', 0) / 1024:.0f}")
     wide_console().print(table)
@@ -71,7 +74,7 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
     store = open_store(trace_dir)
     records = [_stats_record(store, s, threshold) for s in selected_steps(store, steps, step_range)]
     if as_json:
-        click.echo(json.dumps(records, indent=1))
+        click.echo(json.dumps(_json_safe(records), indent=1, allow_nan=False))
         return
     console = wide_console()
     console.print(_percentile_table(records, threshold))
@@ -80,9 +83,20 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
     forks.add_column("step", justify="right")
     forks.add_column("tokens")
     for r in records:
-        forks.add_row(str(r["step"]), "  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
-                                                for f in r["forking_tokens"][:6]))
+        forks.add_row(str(r["step"]), rich_text("  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
+                                                          for f in r["forking_tokens"][:6])))
     console.print(forks)
+
+
+def _json_safe(value):
+    """``value`` with NaN/inf (a trace's NaN rewards, say) as null: ``NaN`` is not JSON and breaks ``jq``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _percentile_table(records: list[dict], threshold: float) -> Table:
@@ -129,15 +143,16 @@ def show_cmd(trace_dir: str, step: int, sample: int) -> None:
         have = f"sample ids are {min(ids)}..{max(ids)}" if ids else "it has no responses"
         raise BadInputError(f"step {step} has no sample {sample}; {have}")
     row = table.slice(ids.index(sample), 1).to_pylist()[0]
+    vocab = store.vocab  # before printing anything: a broken vocab file is one error line
     head = [f"step {step}", f"sample {sample}", f"group {row.get('group_id')}", f"{row['response_length']} tokens"]
     for key in ("reward", "correct", "advantage", "kept", "truncated"):
         if row.get(key) is not None:
             head.append(f"{key} {row[key]:.3g}" if isinstance(row[key], float) else f"{key} {row[key]}")
     console = wide_console(highlight=False)
-    console.print(" | ".join(head), style="bold")
+    console.print(rich_text(" | ".join(head), style="bold"))
     text = Text()
     for tok, h in zip(row["token_ids"], row["entropy"]):
-        text.append(store.vocab.text(tok), style=f"{text_color_for(h)} on {entropy_hex(h)}")
+        text.append(terminal_text(vocab.text(tok), keep_newlines=True), style=f"{text_color_for(h)} on {entropy_hex(h)}")
     console.print(text)
     console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
                                                      for h in (0, 0.3, 0.672, 1, 2, 3.5, 6))) + Text(" nats"))

@@ -73,11 +73,12 @@ def pull_cmd(source: str, steps: tuple[int, ...], step_ranges: tuple[str, ...], 
 def _pull(source: str, spec: StepSpec, dest: Path | None, entity: str | None, project: str | None,
           kind: str | None, tracking_uri: str | None, progress: Progress) -> Path:
     if source.startswith("mlflow://") or kind == "mlflow":
-        from wbtrace.sources.mlflow import pull_mlflow
+        from wbtrace.sources.mlflow import mlflow_errors, pull_mlflow
 
         run_id = source.removeprefix("mlflow://")
-        wanted = _mlflow_steps(spec, run_id, tracking_uri)
-        return pull_mlflow(run_id, wanted, dest or Path(f"wbtrace-{run_id}"), tracking_uri, progress=progress)
+        with mlflow_errors():
+            wanted = _mlflow_steps(spec, run_id, tracking_uri)
+            return pull_mlflow(run_id, wanted, dest or Path(f"wbtrace-{run_id}"), tracking_uri, progress=progress)
     from wbtrace.sources.wandb_offline import is_offline_run_dir, pull_offline
 
     if os.path.exists(source):

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from wbtrace.cli.app import main
+from wbtrace.errors import BadInputError
 
 
 @main.command()
@@ -21,7 +22,7 @@ from wbtrace.cli.app import main
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
 @click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
-@click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
 def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
          serve: bool, port: int) -> None:
     """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
@@ -44,7 +45,7 @@ def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: flo
     try:
         server = make_server(app, "127.0.0.1", port)
     except OSError as e:
-        raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
+        raise BadInputError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     click.echo(f"Serving {trace_dir} ({len(app.steps)} steps) on {url}  (Ctrl-C stops)")
     if open_browser:

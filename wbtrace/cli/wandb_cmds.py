@@ -6,8 +6,6 @@ import click
 
 from wbtrace.cli.app import main
 
-NO_LOGIN = "not logged in to W&B: run `wandb login` or set WANDB_API_KEY"
-
 
 @main.command("workspace")
 @click.option("--entity", envvar="WANDB_ENTITY", required=True, help="W&B entity (default: $WANDB_ENTITY).")
@@ -31,12 +29,14 @@ def workspace_cmd(entity: str, project: str, name: str, as_json: bool) -> None:
     if as_json:
         click.echo(workspace_json(ws))
         return
+    from wbtrace.sources.wandb_api import make_api
+
+    make_api()  # logged in and reachable, in bounded time, before wandb_workspaces tries
     wandb = require("wandb", "wandb")
     try:
-        wandb.Api()
-    except wandb.errors.UsageError:
-        raise SourceError(NO_LOGIN) from None
-    ws.save()
+        ws.save()
+    except wandb.errors.CommError as e:
+        raise SourceError(f"W&B refused the workspace: {e}") from None
     click.echo(f"saved workspace {name!r} for {entity}/{project}", err=True)
 
 
@@ -58,12 +58,10 @@ def charts_install_cmd(entity: str, access: str) -> None:
     from wbtrace.errors import SourceError, require
 
     wandb = require("wandb", "wandb")
+    from wbtrace.sources.wandb_api import make_api
     from weave_panels import CHARTS, load_spec
 
-    try:
-        api = wandb.Api()
-    except wandb.errors.UsageError:
-        raise SourceError(NO_LOGIN) from None
+    api = make_api()
     for preset, (display, _key, _fields) in CHARTS.items():
         try:
             chart_id = api.create_custom_chart(entity=entity, name=preset, display_name=display,

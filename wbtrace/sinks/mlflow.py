@@ -91,7 +91,23 @@ def make_client(tracking_uri: str) -> MlflowClient:
     mlflow = require("mlflow", "mlflow")
     if tracking_uri.startswith("file:"):
         raise WbtraceError(f"{tracking_uri}: MLflow 3 refuses file: stores; use sqlite:///PATH/mlflow.db or a server")
+    _check_db_driver(tracking_uri)
     return mlflow.MlflowClient(tracking_uri=tracking_uri)
+
+
+def _check_db_driver(tracking_uri: str) -> None:
+    """A database URI (``postgresql://``, ``mysql://``) whose driver is missing fails here, in one line,
+    not deep inside MLflow's first call. SQLAlchemy imports the driver when the engine is made (no connection)."""
+    if tracking_uri.split(":", 1)[0].split("+", 1)[0] not in ("postgresql", "postgres", "mysql", "mssql"):
+        return
+    from sqlalchemy import create_engine
+
+    try:
+        create_engine(tracking_uri).dispose()
+    except ImportError as e:
+        raise WbtraceError(f"{tracking_uri}: its database driver is not installed: pip install {e.name}") from None
+    except Exception as e:  # noqa: BLE001  (sqlalchemy's ArgumentError and friends: a malformed URI)
+        raise WbtraceError(f"{tracking_uri}: not a usable database URI ({e})") from None
 
 
 def check_reachable(tracking_uri: str, timeout: float = 2.0) -> None:
@@ -348,8 +364,19 @@ class MlflowSink(TraceSink):
             self.degraded = f"{what}: {e}"
             raise WbtraceError(
                 f"MLflow sink disabled after {what} failed ({e}); the local trace keeps every step: "
-                f"run `wbtrace mirror {self.run_dir or 'RUN_DIR'} mlflow://{self.run_id or ''}` later"
+                f"run `{self.recovery_command()}` later"
             ) from e
+
+    def recovery_command(self) -> str:
+        """The ``wbtrace mirror`` command that fills this sink's gaps, with its tracking URI: mirror's own
+        default is the trace's embedded store, so without it the command would write somewhere else."""
+        import shlex
+
+        cmd = f"wbtrace mirror {shlex.quote(str(self.run_dir or 'RUN_DIR'))} mlflow://{self.run_id or ''}"
+        if self.tracking_uri is not None and (self.run_dir is None
+                                              or self.tracking_uri != default_tracking_uri(self.run_dir)):
+            cmd += f" --tracking-uri {shlex.quote(self.tracking_uri)}"
+        return cmd
 
     def _ensure_run(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
@@ -405,7 +432,7 @@ class MlflowSink(TraceSink):
     def finish(self, status: str = "success") -> None:
         if self.degraded is not None:
             warnings.warn(f"MLflow sink: {self.errors} failed and {self.skipped} skipped calls "
-                          f"(first: {self.degraded}); fill the gap with `wbtrace mirror`", stacklevel=2)
+                          f"(first: {self.degraded}); fill the gap with `{self.recovery_command()}`", stacklevel=2)
             return
         if self.run_id is None:
             return

@@ -90,8 +90,12 @@ def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any
         table = pq.read_table(path)
     except Exception as e:  # any pyarrow failure means the download is not a step file
         raise TraceFormatError(f"step {step}: the downloaded file is not readable Parquet ({e})") from None
-    threshold = given.get("threshold", DEFAULT_THRESHOLD)
-    line = {k: v for k, v in given.items() if not k.startswith("_") and k != "schema_version"}
+    given = given if isinstance(given, Mapping) else {}  # metadata comes from the source: untrusted
+    threshold = given.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        threshold = DEFAULT_THRESHOLD
+    line = {k: v for k, v in given.items()
+            if isinstance(k, str) and not k.startswith("_") and k != "schema_version"}
     line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size})
     line.update(step_stats(table, float(threshold)))
     return line

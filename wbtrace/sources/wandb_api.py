@@ -37,13 +37,42 @@ def parse_run_ref(ref: str, entity: str | None = None, project: str | None = Non
     raise SourceError(f"bad run reference {ref!r}: expected RUN_ID or ENTITY/PROJECT/RUN_ID")
 
 
-def make_api() -> Any:
-    """A `wandb.Api`, or `SourceError` when not logged in (`MissingDependencyError` without wandb)."""
+REACH_TIMEOUT = 5.0  # seconds to wait for W&B's host to accept a connection (wandb itself waits 20 s, then raises)
+
+
+def make_api(timeout: float = REACH_TIMEOUT) -> Any:
+    """A `wandb.Api`, or `SourceError` when not logged in or W&B cannot be reached within ``timeout`` s
+    (`MissingDependencyError` without wandb)."""
     wandb = require("wandb", "wandb")
+    check_reachable(_base_url(), timeout)
     try:
-        return wandb.Api()
+        return wandb.Api(timeout=int(max(timeout, 1)) * 4)
     except wandb.errors.UsageError as e:
         raise SourceError(NO_LOGIN) from e
+    except wandb.errors.CommError as e:  # AuthenticationError included: a bad key, a server that stalls
+        raise SourceError(f"W&B at {_base_url()} did not accept the login: {_first_line(e)}") from None
+
+
+def _base_url() -> str:
+    import os
+
+    from wandb.sdk.wandb_settings import Settings
+
+    return os.environ.get("WANDB_BASE_URL") or Settings().base_url
+
+
+def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise `SourceError` unless ``base_url``'s host accepts a TCP connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        raise SourceError(f"cannot reach W&B at {base_url} (waited up to {timeout:g} s: "
+                          f"{e.strerror or type(e).__name__}); check the network or WANDB_BASE_URL") from None
 
 
 def _lookup_errors() -> tuple[type[BaseException], ...]:
@@ -81,7 +110,7 @@ def pull_wandb(ref: str, spec: StepSpec, dest: str | Path | None = None, *, enti
             step_file = _step_file(root, step)
             if i == 1:
                 out.add_run_files(_need(root, RUN_JSON, step), _need(root, VOCAB_FILE, step))
-            out.add_step(step, step_file, dict(art.metadata or {}))
+            out.add_step(step, step_file, art.metadata if isinstance(art.metadata, dict) else {})
         if progress:
             progress(i, len(steps))
     return out.close()

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wbtrace import palette, stats
+from wbtrace import palette, stats, textsafe
 from wbtrace.errors import BadInputError
 from wbtrace.store import TraceStore, format_steps
 from wbtrace.viewer.charts import chart_specs
@@ -114,7 +114,9 @@ def _html_text(s: str) -> str:
 def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dict, mode: str) -> dict[str, Any]:
     meta = run_summary(store, steps, threshold, specs)
     # the JS heatmap interpolates these stops exactly like wbtrace.palette.entropy_rgb
-    meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]}})
+    meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]},
+                 # the CSV download guards formulas with the CLI's own rule (wbtrace.textsafe.csv_cell)
+                 "csv_guard": {"start": textsafe.CSV_FORMULA_START, "safe": textsafe.CSV_SAFE}})
     return meta
 
 
@@ -149,10 +151,9 @@ def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = Non
     threshold : float, optional
         Entropy threshold (nats) for "forking" tokens; default: the trace's own (0.672).
     """
+    from wbtrace.store import atomic_write
+
+    html_text = build_report(trace_dir, steps, threshold)  # first: a mistyped trace dir creates nothing
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    html_text = build_report(trace_dir, steps, threshold)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write(out, html_text.encode("utf-8"))
     return out
