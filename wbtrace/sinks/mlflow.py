@@ -345,6 +345,9 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
+        # The writer's thread (log_run, log_step) and the trainer's (log_metrics) both get here first:
+        # without the lock each finds no run and creates one, and the metrics split over two runs.
+        self._run_lock = threading.Lock()
 
     # -- plumbing
 
@@ -379,6 +382,10 @@ class MlflowSink(TraceSink):
         return cmd
 
     def _ensure_run(self) -> MlflowClient:
+        with self._run_lock:
+            return self._find_or_create_run()
+
+    def _find_or_create_run(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:
