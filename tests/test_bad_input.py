@@ -37,6 +37,17 @@ def _rewrite_column(trace: Path, name: str, values: list, typ: pa.DataType | Non
     t = pq.read_table(path)
     t = t.set_column(t.column_names.index(name), name, pa.array(values, typ or t.schema.field(name).type))
     pq.write_table(t.replace_schema_metadata(pq.read_table(path).schema.metadata), path)
+    _rehash(trace)  # a file broken where it was made: its manifest digest matches it
+
+
+def _rehash(trace: Path) -> None:
+    from wbtrace.store import file_sha256
+
+    m = trace / "manifest.jsonl"
+    lines = [json.loads(x) for x in m.read_text().splitlines()]
+    for line in lines:
+        line["sha256"] = file_sha256(trace / line["file"])
+    m.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 def broken(kind: str, trace: Path) -> Path:

@@ -12,6 +12,7 @@ The manifest names only whole files: the writer renames a step file into place, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -102,6 +103,15 @@ def _is_number(value: Any) -> bool:
     import math
 
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes: what the manifest records per step, and what verify/pull/mirror compare."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def current_umask() -> int:
@@ -263,16 +273,41 @@ class TraceStore:
         return sorted(chosen)
 
     def read_step(self, step: int, columns: list[str] | None = None) -> pa.Table:
-        """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset."""
+        """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset.
+
+        Every page's CRC is checked (the writer stores them); a whole-file read also checks the file's
+        sha256 against the manifest, which catches what page checksums miss (a flip in the footer).
+        """
         path = self.step_path(step)
         if not path.exists():
             raise BadInputError(f"step {step} not in {self.run_dir}; it has steps {format_steps(self.steps)}")
         try:
-            table = pq.read_table(path, columns=columns)
+            data = path.read_bytes() if columns is None else None
+            source = path if data is None else pa.BufferReader(data)
+            table = pq.read_table(source, columns=columns, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
+        if data is not None:
+            self._check_digest(step, path, hashlib.sha256(data).hexdigest())
         check_table(table, str(path), partial=columns is not None)
         return table
+
+    def recorded_sha256(self, step: int) -> str | None:
+        """The sha256 the manifest recorded for ``step`` when it was committed (None for older traces)."""
+        if step not in self._digests:
+            self.__dict__.pop("_digests", None)  # a live trace: the step may have landed since
+        digest = self._digests.get(step)
+        return digest if isinstance(digest, str) else None
+
+    @cached_property
+    def _digests(self) -> dict[int, Any]:
+        return {e["step"]: e.get("sha256") for e in self.manifest}
+
+    def _check_digest(self, step: int, path: Path, got: str) -> None:
+        want = self.recorded_sha256(step)
+        if want is not None and got != want:
+            raise TraceFormatError(f"{path}: corrupt: its bytes changed since it was committed (sha256 {got[:12]}..., "
+                                   f"the manifest has {want[:12]}...); `wbtrace verify {self.run_dir}` lists all damage")
 
     def iter_steps(self, steps: Iterable[int] | None = None, columns: list[str] | None = None
                    ) -> Iterator[tuple[int, pa.Table]]:

@@ -46,6 +46,7 @@ from wbtrace.store import (
     VOCAB_FILE,
     TraceStore,
     atomic_write,
+    file_sha256,
     parse_step_filename,
     read_manifest,
     step_relpath,
@@ -92,7 +93,8 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
     try:
         pq.write_table(table, tmp, compression=compression, compression_level=compression_level,
                        use_dictionary=dictionary, column_encoding={c: "PLAIN" for c in plain},
-                       write_statistics=scalars, row_group_size=max(table.num_rows, 1))
+                       write_statistics=scalars, row_group_size=max(table.num_rows, 1),
+                       write_page_checksum=True)  # a reader detects a flipped bit in any page
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -115,7 +117,7 @@ def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DE
     rel = step_relpath(step)
     stats = step_stats(table, threshold)  # before the file exists: a failure here leaves nothing behind
     nbytes = write_parquet_atomic(table, run_dir / rel)
-    entry = {"step": step, "file": rel, "bytes": nbytes, **stats,
+    entry = {"step": step, "file": rel, "bytes": nbytes, "sha256": file_sha256(run_dir / rel), **stats,
              "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     append_manifest(run_dir, entry)
     return entry
@@ -181,7 +183,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)
             continue
         append_manifest(run_dir, {"step": step, "file": step_relpath(step), "bytes": path.stat().st_size,
-                                  **stats, "recovered": True})
+                                  "sha256": file_sha256(path), **stats, "recovered": True})
         committed.add(step)
     return committed
 

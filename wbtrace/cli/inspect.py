@@ -1,4 +1,4 @@
-"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``, ``plot``."""
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``, ``plot``, ``verify``."""
 
 from __future__ import annotations
 
@@ -177,3 +177,33 @@ def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, out
     chosen = selected_steps(store, steps, step_range)
     out = plot_trace(store, output or store.run_dir / "entropy.png", chosen)
     click.echo(f"wrote {out}", err=True)
+
+
+@main.command("verify")
+@trace_dir_argument
+def verify_cmd(trace_dir: str) -> None:
+    """Check every file of a trace (sha256, Parquet page checksums, schema, counts); name the damage.
+
+    Exit code 0 when every step is whole, 1 when something is damaged (each listed), 2 when TRACE_DIR
+    is not a trace.
+
+    \b
+    Example:
+        wbtrace verify outputs/demo/entropy_trace
+    """
+    from wbtrace.store import format_steps
+    from wbtrace.textsafe import terminal_text
+    from wbtrace.verify import verify_trace
+
+    report = verify_trace(trace_dir)
+    for note in report.notes:
+        click.echo(f"note: {terminal_text(note)}")
+    for what, why in report.damaged.items():
+        click.echo(f"damaged: {'step ' + str(what) if isinstance(what, int) else what}: {terminal_text(why)}")
+    unverified = f"; {len(report.unverified)} without a recorded sha256 (checked by page checksums and schema)" \
+        if report.unverified else ""
+    if report.ok:
+        click.echo(f"ok: {len(report.whole)} steps whole ({format_steps(report.whole)}){unverified}")
+        return
+    click.echo(f"{len(report.damaged)} damaged, {len(report.whole)} steps whole{unverified}", err=True)
+    raise SystemExit(1)

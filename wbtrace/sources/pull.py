@@ -23,6 +23,7 @@ from wbtrace.store import (
     RUN_JSON,
     VOCAB_FILE,
     atomic_write,
+    file_sha256,
     format_steps,
     parse_steps,
     read_manifest,
@@ -96,7 +97,11 @@ def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any
         threshold = DEFAULT_THRESHOLD
     line = {k: v for k, v in given.items()
             if isinstance(k, str) and not k.startswith("_") and k != "schema_version"}
-    line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size})
+    digest = file_sha256(path)
+    if isinstance(given.get("sha256"), str) and given["sha256"] != digest:
+        raise SourceError(f"step {step}: the downloaded file does not match the sha256 its writer recorded "
+                          f"({digest[:12]}... != {given['sha256'][:12]}...); nothing was written, pull it again")
+    line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size, "sha256": digest})
     line.update(step_stats(table, float(threshold)))
     return line
 
