@@ -345,8 +345,8 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
-        # The writer's thread (log_run, log_step) and the trainer's (log_metrics) both get here first:
-        # without the lock each finds no run and creates one, and the metrics split over two runs.
+        # The writer thread (log_run/log_step) and the trainer (log_metrics) both reach _ensure_run first
+        # thing; without the lock both found no run and each created one.
         self._run_lock = threading.Lock()
 
     # -- plumbing
@@ -383,9 +383,9 @@ class MlflowSink(TraceSink):
 
     def _ensure_run(self) -> MlflowClient:
         with self._run_lock:
-            return self._find_or_create_run()
+            return self._ensure_run_locked()
 
-    def _find_or_create_run(self) -> MlflowClient:
+    def _ensure_run_locked(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:
