@@ -270,6 +270,16 @@ def check_table(table: pa.Table, source: str = "table", partial: bool = False) -
         raise TraceFormatError(f"{source}: {problem}")
 
 
+def check_schema(schema: pa.Schema, source: str = "table") -> None:
+    """Raise `TraceFormatError` when a known column has the wrong type: the part of `check_table` that a
+    file's footer alone answers (readers that scan many files lazily call it per file)."""
+    from wbtrace.errors import TraceFormatError
+
+    problem = _type_problem(schema)
+    if problem:
+        raise TraceFormatError(f"{source}: {problem}")
+
+
 def _kind(typ: pa.DataType) -> str:
     for kind, test in (("integer", pa.types.is_integer), ("float", pa.types.is_floating), ("bool", pa.types.is_boolean),
                        ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))):

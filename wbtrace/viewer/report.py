@@ -137,9 +137,11 @@ def build_report(trace_dir: str | Path, steps: str | None = None, threshold: flo
                     total)
     threshold = default_threshold(store) if threshold is None else threshold
     specs = chart_specs()
+    # step payloads first: each read checks its file whole (wbtrace.store.read_step), so a broken step is
+    # one clear error before the analyses scan the same files
+    steps_blocks = [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
     meta = build_meta(store, chosen, threshold, specs, mode="file", compare=other)
-    blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen)))]
-    blocks += [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
+    blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen))), *steps_blocks]
     return render_page(meta, blocks)
 
 
