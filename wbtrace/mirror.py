@@ -100,7 +100,7 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
     progress : callable(done, total), optional
     """
     store = TraceStore(run_dir)
-    client, uri = connect(tracking_uri)
+    client, uri = connect(tracking_uri, create=True)
     tags = {WANDB_RUN_TAG: wandb_run_id} if wandb_run_id else {}
     rid = _target_run(client, uri, store, run_id, experiment, run_name, tags)
     report = MirrorReport(run_id=rid, tracking_uri=uri)

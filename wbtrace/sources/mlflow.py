@@ -36,10 +36,14 @@ def resolve_tracking_uri(tracking_uri: str | None) -> str:
     return uri
 
 
-def connect(tracking_uri: str | None) -> tuple[MlflowClient, str]:
-    """A client for the URI, after a 2 s reachability probe (MLflow's own retries take minutes)."""
+def connect(tracking_uri: str | None, create: bool = False) -> tuple[MlflowClient, str]:
+    """A client for the URI, after a 2 s reachability probe (MLflow's own retries take minutes).
+
+    ``create=False`` (readers: pull) refuses a ``sqlite:///`` path with no database, which MLflow would
+    create empty; writers (mirror) pass True.
+    """
     uri = resolve_tracking_uri(tracking_uri)
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and not create:
         db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
         if not db.is_file():  # reading must not create an empty store at a mistyped path
             raise SourceError(f"{uri}: no MLflow database at {db}")

@@ -44,6 +44,8 @@ def make_api(timeout: float = REACH_TIMEOUT) -> Any:
     """A `wandb.Api`, or `SourceError` when not logged in or W&B cannot be reached within ``timeout`` s
     (`MissingDependencyError` without wandb)."""
     wandb = require("wandb", "wandb")
+    if _api_key(_base_url()) is None:
+        raise SourceError(NO_LOGIN)
     check_reachable(_base_url(), timeout)
     try:
         return wandb.Api(timeout=int(max(timeout, 1)) * 4)
@@ -59,6 +61,21 @@ def _base_url() -> str:
     from wandb.sdk.wandb_settings import Settings
 
     return os.environ.get("WANDB_BASE_URL") or Settings().base_url
+
+
+def _api_key(base_url: str) -> str | None:
+    """The key wandb would log in with: ``WANDB_API_KEY``, else the netrc entry of the API host."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(urlparse(base_url).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
 
 
 def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT) -> None:
