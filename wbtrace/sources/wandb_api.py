@@ -40,15 +40,16 @@ def parse_run_ref(ref: str, entity: str | None = None, project: str | None = Non
 REACH_TIMEOUT = 5.0  # seconds to wait for W&B's host to accept a connection (wandb itself waits 20 s, then raises)
 
 
-def make_api(timeout: float = REACH_TIMEOUT) -> Any:
-    """A `wandb.Api`, or `SourceError` when not logged in or W&B cannot be reached within ``timeout`` s
-    (`MissingDependencyError` without wandb)."""
+def make_api(timeout: float = 20.0) -> Any:
+    """A `wandb.Api` whose requests wait at most ``timeout`` s, or `SourceError` when not logged in or
+    W&B's host does not accept a connection within ``REACH_TIMEOUT`` s (`MissingDependencyError`
+    without wandb). Without the probe, a key and an unreachable host cost wandb's own 20 s wait."""
     wandb = require("wandb", "wandb")
     if _api_key(_base_url()) is None:
         raise SourceError(NO_LOGIN)
-    check_reachable(_base_url(), timeout)
+    check_reachable(_base_url(), min(timeout, REACH_TIMEOUT))
     try:
-        return wandb.Api(timeout=int(max(timeout, 1)) * 4)
+        return wandb.Api(timeout=int(max(timeout, 1)))
     except wandb.errors.UsageError as e:
         raise SourceError(NO_LOGIN) from e
     except wandb.errors.CommError as e:  # AuthenticationError included: a bad key, a server that stalls
