@@ -45,9 +45,8 @@ def make_api(timeout: float = 20.0) -> Any:
     W&B's host does not accept a connection within ``REACH_TIMEOUT`` s (`MissingDependencyError`
     without wandb). Without the probe, a key and an unreachable host cost wandb's own 20 s wait."""
     wandb = require("wandb", "wandb")
-    if _api_key(_base_url()) is None:
-        raise SourceError(NO_LOGIN)
-    check_reachable(_base_url(), min(timeout, REACH_TIMEOUT))
+    if _api_key(_base_url()) is not None:  # with no key wandb.Api() fails at once: NO_LOGIN below
+        check_reachable(_base_url(), min(timeout, REACH_TIMEOUT))
     try:
         return wandb.Api(timeout=int(max(timeout, 1)))
     except wandb.errors.UsageError as e:
@@ -89,8 +88,8 @@ def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT) -> None:
     try:
         socket.create_connection((url.hostname or "", port), timeout=timeout).close()
     except OSError as e:
-        raise SourceError(f"cannot reach W&B at {base_url} (waited up to {timeout:g} s: "
-                          f"{e.strerror or type(e).__name__}); check the network or WANDB_BASE_URL") from None
+        raise SourceError(f"cannot reach W&B: {base_url} did not answer within {timeout:g} s "
+                          f"({e.strerror or type(e).__name__}); check the network or WANDB_BASE_URL") from None
 
 
 def _lookup_errors() -> tuple[type[BaseException], ...]:
