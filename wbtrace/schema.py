@@ -22,7 +22,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -334,8 +334,3 @@ def _entropy_problem(table: pa.Table) -> str | None:
     if low is not None and low < 0:
         return f"entropy has negative values (min {low:.4g})"
     return None
-
-
-def extra_columns(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """The non-None entries of ``mapping``: what ``write_step(**extra)`` passes on to `pack_step`."""
-    return {k: v for k, v in mapping.items() if v is not None}
