@@ -44,9 +44,12 @@ def local_store(ref: str, steps: StepSelection | None = None, progress: Progress
     if isinstance(source, LocalSource):
         return source.store, None
     dest = cache_root() / source.key
+    first = [source]  # the first pull uses the source already opened
 
     def refresh(selection: StepSelection | None = None) -> None:
-        pull(source, selection, dest=dest, progress=progress, only_new=True)
+        # a fresh source each time: sources cache what they read (an offline run's parsed log, say)
+        fresh = first.pop() if first else open_source(ref, **source_options)
+        pull(fresh, selection, dest=dest, progress=progress, only_new=True)
 
     refresh(steps)
     return TraceStore(dest), refresh
