@@ -1,8 +1,9 @@
-"""CLI commands that look at a trace: ``ls``, ``stats``, ``plot`` (``show`` is in cli/show.py)."""
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``plot``, ``verify`` (``show`` is in cli/show.py)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from wbtrace.cli.app import main
 from wbtrace.cli.options import fmt_float, open_store, step_options, trace_dir_argument
 from wbtrace.stats import DEFAULT_THRESHOLD, step_summary
 from wbtrace.steps import StepSelection
+from wbtrace.textsafe import rich_text, terminal_text
 
 
 @main.command("ls")
@@ -26,11 +28,12 @@ def ls_cmd(trace_dir: str) -> None:
         wbtrace ls outputs/demo/entropy_trace
     """
     store = open_store(trace_dir)
-    table = Table(title=f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})", title_justify="left")
+    table = Table(title=rich_text(f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})"),
+                  title_justify="left")
     for col in ("step", "responses", "kept", "tokens", "mean H", "p90 H", "reward", "KiB"):
         table.add_column(col, justify="right")
     for e in store.manifest:
-        table.add_row(str(e["step"]), str(e.get("n_responses")), str(e.get("n_kept")), str(e.get("n_tokens")),
+        table.add_row(str(e["step"]), *(str(e.get(k, "-")) for k in ("n_responses", "n_kept", "n_tokens")),
                       fmt_float(e.get("entropy_mean")), fmt_float(e.get("entropy_p90")),
                       fmt_float(e.get("reward_mean")), f"{e.get('bytes', 0) / 1024:.0f}")
     print_table(wide_console(), table)
@@ -61,7 +64,11 @@ def print_table(console: Console, table: Table) -> None:
     click.echo("\n".join(lines))
 
 
-_BOOKKEEPING = ("step", "file", "bytes", "committed_at", "recovered", "policy")
+_BOOKKEEPING = ("step", "file", "bytes", "sha256", "committed_at", "recovered", "policy")
+
+
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _stats_record(store, step: int, entry: dict | None, threshold: float, where=None) -> dict:
@@ -72,7 +79,8 @@ def _stats_record(store, step: int, entry: dict | None, threshold: float, where=
 
     filtered = where is not None and (where.kept is not None or where.correct is not None)
     if not filtered and entry and entry.get("threshold") == threshold and isinstance(entry.get("policy"), dict) \
-            and all(isinstance(entry.get(k), list) for k in ("entropy_by_position", "forking_tokens")):
+            and all(isinstance(entry.get(k), list) for k in ("entropy_by_position", "forking_tokens")) \
+            and all(v is None or _number(v) for v in entry["entropy_by_position"]):
         summary = {k: v for k, v in entry.items() if k not in _BOOKKEEPING}
         summary.update(entry["policy"])
     else:
@@ -81,7 +89,8 @@ def _stats_record(store, step: int, entry: dict | None, threshold: float, where=
             t = filter_table(t, where)
         summary = {**step_summary(t, threshold), **policy_stats(t)}
     summary["forking_tokens"] = [{**f, "token": store.vocab.text(f["token_id"])} for f in summary["forking_tokens"]
-                                 if isinstance(f, dict) and isinstance(f.get("token_id"), int)]
+                                 if isinstance(f, dict) and isinstance(f.get("token_id"), int)
+                                 and _number(f.get("count")) and _number(f.get("entropy_mean"))]
     return {"step": step, **summary}
 
 
@@ -106,12 +115,12 @@ def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: b
     """
     from wbtrace.analysis import Where
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     where = Where(kept=kept, correct=correct)
     lines = {e["step"]: e for e in store.manifest}
     records = [_stats_record(store, s, lines.get(s), threshold, where) for s in store.select(steps)]
     if as_json:  # one record a line: json's C encoder (indent= falls back to pure Python, 5x slower)
-        click.echo("[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]")
+        click.echo("[\n" + ",\n".join(json.dumps(_json_safe(r), allow_nan=False) for r in records) + "\n]")
         return
     console = wide_console()
     print_table(console, _percentile_table(records, threshold))
@@ -122,9 +131,20 @@ def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: b
     forks.add_column("step", justify="right")
     forks.add_column("tokens")
     for r in records:
-        forks.add_row(str(r["step"]), "  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
-                                                for f in r["forking_tokens"][:6]))
+        forks.add_row(str(r["step"]), rich_text("  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
+                                                          for f in r["forking_tokens"][:6])))
     print_table(console, forks)
+
+
+def _json_safe(value):
+    """``value`` with NaN/inf (a trace's NaN rewards, say) as null: ``NaN`` is not JSON and breaks ``jq``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _percentile_table(records: list[dict], threshold: float) -> Table:
@@ -178,7 +198,36 @@ def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     """
     from wbtrace.plot import plot_trace
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     out = plot_trace(store, output or store.run_dir / "entropy.png", chosen)
     click.echo(f"wrote {out}", err=True)
+
+
+@main.command("verify")
+@trace_dir_argument
+def verify_cmd(trace_dir: str) -> None:
+    """Check every file of a trace (sha256, Parquet page checksums, schema, counts); name the damage.
+
+    Exit code 0 when every step is whole, 1 when something is damaged (each listed), 2 when TRACE_DIR
+    is not a trace.
+
+    \b
+    Example:
+        wbtrace verify outputs/demo/entropy_trace
+    """
+    from wbtrace.store import format_steps
+    from wbtrace.verify import verify_trace
+
+    report = verify_trace(trace_dir)
+    for note in report.notes:
+        click.echo(f"note: {terminal_text(note)}")
+    for what, why in report.damaged.items():
+        click.echo(f"damaged: {'step ' + str(what) if isinstance(what, int) else what}: {terminal_text(why)}")
+    unverified = f"; {len(report.unverified)} without a recorded sha256 (checked by page checksums and schema)" \
+        if report.unverified else ""
+    if report.ok:
+        click.echo(f"ok: {len(report.whole)} steps whole ({format_steps(report.whole)}){unverified}")
+        return
+    click.echo(f"{len(report.damaged)} damaged, {len(report.whole)} steps whole{unverified}", err=True)
+    raise SystemExit(1)
