@@ -71,7 +71,9 @@ def broken(kind: str, trace: Path) -> Path:
     ("NaN entropy", "entropy has 1 NaN/inf values"),
     ("truncated vocab", "corrupt or truncated vocabulary file"),
 ])
-@pytest.mark.parametrize("command", [["stats"], ["export", "--step", "1", "-o", "{out}"], ["view", "-o", "{html}"],
+# stats --threshold 0.5: at the trace's own threshold stats answers from the manifest and reads no step file
+@pytest.mark.parametrize("command", [["stats", "--threshold", "0.5"], ["export", "--step", "1", "-o", "{out}"],
+                                     ["view", "-o", "{html}"],
                                      ["show", "--step", "1", "--sample", "0"]], ids=lambda c: c[0])
 def test_a_broken_file_in_a_trace_is_one_line(tmp_path, kind, message, command):
     trace = broken(kind, write_trace(tmp_path / "t", steps=(1, 2)))
