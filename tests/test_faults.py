@@ -137,7 +137,7 @@ WRITER_SCRIPT = """
 import sys
 from wbtrace import TraceWriter
 from wbtrace.synthetic import make_step, synthetic_vocab
-with TraceWriter(sys.argv[1], vocab=synthetic_vocab(300), run_info={"model": "m"}) as w:
+with TraceWriter(sys.argv[1], vocab=synthetic_vocab(300), run_info={"model": "m"}, max_wait_ms=60_000) as w:
     for step in range(1, 41):
         w.write_step(step, **make_step(32, 400, 300, seed=step))
         if step == 3:
@@ -177,7 +177,7 @@ def test_kill_9_during_write_then_a_rerun_completes_with_nothing_lost(tmp_path):
     assert 3 <= len(killed_with) < 40, killed_with
     report = verify_trace(trace)
     assert report.ok, report.damaged  # whatever the kill interrupted is a leftover, never a damaged step
-    with TraceWriter(trace, vocab=synthetic_vocab(300), run_info={"model": "m"}) as w:  # not locked: the kernel
+    with TraceWriter(trace, vocab=synthetic_vocab(300), run_info={"model": "m"}, max_wait_ms=60_000) as w:  # not locked: the kernel
         have = set(TraceStore(trace).steps)                                            # dropped the dead lock
         for step in range(1, 41):
             if step not in have:
