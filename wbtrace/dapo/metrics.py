@@ -28,6 +28,8 @@ METRICS: dict[str, str] = {
     "actor/ratio_mean": "Mean importance ratio pi / pi_old over kept tokens (1.0 with one mini-batch and one epoch).",
     "actor/grad_norm": "Global gradient norm before clipping (last mini-batch).",
     "actor/lr": "Learning rate after the step.",
+    "rollout/logprob_gap_max": "rollout.name=fast: largest |sampler log-prob - recomputed log-prob| over response tokens (bf16 rounding).",
+    "rollout/logprob_gap_mean": "rollout.name=fast: mean of that gap over response tokens.",
     "timing/generate": "Seconds sampling responses (slowest worker, summed over generation batches).",
     "timing/log_prob": "Seconds in the old-log-prob pass (entropy and log-prob).",
     "timing/reward": "Seconds scoring responses on the driver.",
