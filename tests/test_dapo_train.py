@@ -131,19 +131,96 @@ def test_two_gloo_workers_compute_the_single_worker_gradient(ray_address):  # no
     assert stats[1]["actor/pg_loss"] == pytest.approx(stats[0]["actor/pg_loss"], rel=1e-5)
 
 
-def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, ray_address):  # noqa: F811
+def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, ray_address, monkeypatch):  # noqa: F811
+    import base64
+    import hashlib
+    import shutil
+
     import mlflow
 
+    from wbtrace.sources.wandb_file import read_run_log
+    from wbtrace.sources.wandb_offline import find_wandb_file
+    from wbtrace.sources.wandb_sync import relocate
+
     out = tmp_path / "run"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "scratch"))  # the trainer puts the W&B run there
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.total_training_steps=1",
                                        f"trainer.output_dir={out}", "trainer.logger=[console,wandb]",
                                        "trainer.wandb.mode=offline", "trainer.entropy_trace.mlflow.enable=true"])
     assert result.exit_code == 0, result.output
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert not (out / "wandb").exists()
+    (run_dir,) = (tmp_path / "scratch" / "wandb").glob("offline-run-*")
     assert (run_dir / "wbtrace" / "steps" / "step_000001.parquet").is_file()
+    assert [p for p in (tmp_path / "home").rglob("*") if p.is_file() and ".local" in p.parts] == []
+    moved = tmp_path / "other-host" / run_dir.name  # copied to another host's path, then prepared for sync
+    shutil.copytree(run_dir, moved)
+    shutil.rmtree(run_dir)
+    assert relocate(moved).moved > 0
+    entries = [e for a in read_run_log(find_wandb_file(moved)).artifacts for e in a.entries]
+    assert {"steps/step_000001.parquet", "preview.table.json", "heatmap.table.json"} <= {e.path for e in entries}
+    for e in entries:
+        path = Path(e.local_path)
+        assert path.is_relative_to(moved)
+        assert base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode() == e.digest
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'entropy_trace' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("wbtrace").experiment_id])
     assert run.info.run_name == "dapo"
     reward = json.loads((out / "metrics.jsonl").read_text())["reward/mean"]
     assert run.data.metrics["reward/mean"] == pytest.approx(reward)
     assert "trace/entropy_p80" in run.data.metrics
+
+
+# archer2's loss and update values on the tiny model: the model, sizes, device and reward are tiny's
+ARCHER2_ON_TINY = ["model.path=tiny", "model.compute_dtype=float32", "trainer.device=cpu", "trainer.cpus_per_worker=1",
+                   "data.train_batch_size=4", "data.max_prompt_length=64", "data.max_response_length=16",
+                   "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.micro_batch_size=64",
+                   "actor_rollout_ref.actor.micro_batch_size=16", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                   "actor_rollout_ref.actor.lr=1e-3", "reward_model.reward_fn=toy", "reward_model.overlong_buffer.len=4",
+                   "trainer.save_freq=1", "trainer.logger=[console]"]
+
+
+def test_archer2_preset_on_the_tiny_model_trains_traces_token_classes_and_resumes(tmp_path, ray_address):  # noqa: F811
+    from wbtrace.dapo.config import load_config
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "archer2", *ARCHER2_ON_TINY, f"trainer.output_dir={out}"]
+    cfg = load_config("archer2", None, ARCHER2_ON_TINY).actor_rollout_ref.actor
+    assert (cfg.archer.enable, cfg.archer.loss, cfg.archer.entropy_class, cfg.ppo_epochs, cfg.clip_ratio_c,
+            cfg.use_kl_loss) == (True, "archer", "current", 3, 3.0, True)
+    result = CliRunner().invoke(main, [*args, "trainer.total_training_steps=2"])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [m for m in metrics if "actor/pg_loss" in m]
+    assert trained and all(m["filter/num_gen_batches"] == 1 for m in metrics)  # rejection sampling, no refill
+    for m in trained:
+        assert m["actor/kl_loss"] > 0 and m["actor/skipped_updates"] == 0 and m["actor/ratio_mean"] != 1.0
+    store = TraceStore(out / "entropy_trace")
+    assert store.steps == [1, 2]
+    ratios = []
+    for _, table in store.iter_steps():
+        rows = table.to_pydict()
+        for r, k, hi, clip in zip(rows["ratio"], rows["kept"], rows["high_entropy"], rows["clipped"]):
+            if k:  # 3 epochs x 2 mini-batches: the last epoch is off-policy
+                ratios += list(r)
+                assert len(hi) == len(r) == len(clip) and 1 <= sum(hi) <= 0.2 * len(hi) + 1
+    assert ratios and np.abs(np.array(ratios) - 1.0).max() > 1e-3
+    result = CliRunner().invoke(main, [*args, "trainer.total_training_steps=3"])
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 2" in result.output
+    assert TraceStore(out / "entropy_trace").steps == [1, 2, 3]
+
+
+def test_filtering_off_trains_every_generated_group_in_mini_batches_of_the_configured_size(tmp_path, ray_address):  # noqa: F811
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.total_training_steps=1",
+                                       "algorithm.filter_groups.enable=false", "data.gen_batch_size=8",
+                                       f"trainer.output_dir={out}", "trainer.logger=[console]"])
+    assert result.exit_code == 0, result.output
+    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["filter/kept_groups"] == 8  # not trimmed to train_batch_size=4 (verl trains the whole batch)
+    rows = TraceStore(out / "entropy_trace").read_step(1).to_pydict()
+    assert len(rows["kept"]) == 32 and all(rows["kept"])
+    # two mini-batches of 4 groups: the first is on-policy (ratio 1), the second comes after one step
+    first, second = np.concatenate(rows["ratio"][:16]), np.concatenate(rows["ratio"][16:])
+    assert np.allclose(first, 1.0, atol=1e-5) and np.abs(second - 1.0).max() > 1e-4
