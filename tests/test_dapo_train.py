@@ -138,7 +138,7 @@ def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, 
 
     import mlflow
 
-    from wbtrace.sources.wandb_file import read_run_log
+    from wbtrace.backends.wandb_file import read_run_log
     from wbtrace.sources.wandb_offline import find_wandb_file
     from wbtrace.sources.wandb_sync import relocate
 

@@ -373,11 +373,12 @@ class PolicyWorker:
     def save(self, path: str) -> None:
         import torch
 
+        from wbtrace.store import atomic_output
+
         if self.rank == 0:
-            tmp = path + ".tmp"
-            torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                        "sched": self.sched.state_dict()}, tmp)
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                            "sched": self.sched.state_dict()}, tmp)
 
     def load(self, path: str) -> None:
         import torch
