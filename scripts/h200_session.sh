@@ -24,7 +24,9 @@ progress() {
 }
 case "$cmd" in
   chain)
-    setsid nohup bash scripts/h200_session.sh _chain </dev/null >"$RUN/chain.log" 2>&1 &
+    # from a copy: the next device call re-sends the checkout and replaces this folder
+    rm -rf ~/code && cp -r . ~/code
+    (cd ~/code && setsid nohup bash scripts/h200_session.sh _chain </dev/null >"$RUN/chain.log" 2>&1 &)
     sleep "${1:-30}"; progress ;;
   _chain)
     nvidia-smi -L
