@@ -23,6 +23,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,15 @@ KNOWN_SCALARS: dict[str, pa.DataType] = {
     "response_text": pa.string(),
 }
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """One Parquet file as a table. Not ``pq.read_table``: that goes through ``pyarrow.dataset``, which
+    imports pandas (0.15-0.5 s of every command's start-up on 2 cores)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=columns)
 
 
 def to_numpy(x: Any, name: str, dtype: Any = None) -> np.ndarray:

@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError, TraceFormatError
-from wbtrace.schema import SCHEMA_VERSION, check_table
+from wbtrace.schema import SCHEMA_VERSION, check_table, read_parquet
 from wbtrace.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -220,7 +219,7 @@ class TraceStore:
         if not path.exists():
             raise BadInputError(f"step {step} not in {self.run_dir}; it has steps {format_steps(self.steps)}")
         try:
-            table = pq.read_table(path, columns=columns)
+            table = read_parquet(path, columns)
         except (pa.ArrowInvalid, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
         if columns is None:

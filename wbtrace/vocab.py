@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from wbtrace.schema import read_parquet
 
 VOCAB_SCHEMA = pa.schema([("id", pa.int32()), ("piece", pa.string()), ("text", pa.string()), ("bytes", pa.binary())])
 _SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -114,16 +115,31 @@ class Vocab:
 
     def __init__(self, table: pa.Table | None) -> None:
         self.table = table
-        n = table.num_rows if table is not None else 0
-        self.texts = np.array(table.column("text").to_pylist() if n else [], dtype=object)
-        self._bytes = table.column("bytes").to_pylist() if n and "bytes" in table.column_names else [None] * n
+        self._n = table.num_rows if table is not None else 0
+
+    # Python lists of ~150k strings take ~50 ms to build: only on first use (export reads `arrow_texts`).
+    @cached_property
+    def texts(self) -> np.ndarray:
+        """Display text by id (object array of str)."""
+        return np.array(self.table.column("text").to_pylist() if self._n else [], dtype=object)
+
+    @cached_property
+    def arrow_texts(self) -> pa.Array:
+        """Display text by id as one Arrow string array, straight from the file."""
+        return self.table.column("text").combine_chunks() if self._n else pa.array([], pa.string())
+
+    @cached_property
+    def _bytes(self) -> list[bytes | None]:
+        if self._n and "bytes" in self.table.column_names:
+            return self.table.column("bytes").to_pylist()
+        return [None] * self._n
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self._n
 
     @classmethod
     def read(cls, path: Path) -> Vocab:
-        return cls(pq.read_table(path) if Path(path).exists() else None)
+        return cls(read_parquet(path) if Path(path).exists() else None)
 
     def text(self, token_id: int) -> str:
         return self.texts[token_id] if 0 <= token_id < len(self.texts) else f"<id:{token_id}>"

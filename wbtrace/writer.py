@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError
-from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
+from wbtrace.schema import SCHEMA_VERSION, pack_step, read_parquet, to_numpy
 from wbtrace.sinks.base import TraceSink
 from wbtrace.stats import DEFAULT_THRESHOLD, step_stats
 from wbtrace.store import (
@@ -175,7 +175,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
         if step is None or step in committed:
             continue
         try:
-            stats = step_stats(pq.read_table(path), threshold)
+            stats = step_stats(read_parquet(path), threshold)
         except Exception as e:  # unreadable, or not a step table: keep the bytes, out of the way
             path.rename(path.with_name(path.name + ".corrupt"))
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)

@@ -16,7 +16,7 @@ from wbtrace.cli.app import main
               help="Steps to include: N, N,M,..., A:B (inclusive) or last. Default: the latest steps "
                    "within ~4.5M tokens (all steps with --serve).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write [default: TRACE_DIR/report.html].")
+              help="HTML file to write [default: report.html in the current directory].")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
@@ -35,7 +35,7 @@ def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: flo
     from wbtrace.viewer import ViewerApp, make_server, write_report
 
     if not serve:
-        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold)
+        out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold)
         click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if open_browser:
             webbrowser.open(out.resolve().as_uri())
