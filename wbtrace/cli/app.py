@@ -168,3 +168,5 @@ def main() -> None:
     # One progress bar per pull is ours; MLflow would add a tqdm bar per artifact it downloads (three
     # per step). Set for this process only, and only when the user has not chosen.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow logs "Creating initial MLflow database tables..." at INFO for every new sqlite store.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
