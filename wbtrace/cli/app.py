@@ -30,8 +30,9 @@ class UserError(click.ClickException):
 # Command name -> the wbtrace.cli module that defines it. Only a shortcut: a name missing here is still
 # found (every module is imported before "No such command"); tests/test_first_minutes.py keeps it complete.
 COMMAND_MODULES = {
-    "charts": "wandb_cmds", "export": "export", "import-npz": "export", "ls": "inspect", "mirror": "mirror",
-    "plot": "inspect", "pull": "pull", "show": "inspect", "stats": "inspect", "train": "train", "view": "view",
+    "charts": "wandb_cmds", "compare": "analyze", "cov": "analyze", "export": "export", "forks": "analyze",
+    "groups": "analyze", "import-npz": "export", "ls": "inspect", "mirror": "mirror", "plot": "inspect",
+    "positions": "analyze", "pull": "pull", "show": "show", "stats": "inspect", "train": "train", "view": "view",
     "workspace": "wandb_cmds",
 }
 
@@ -46,7 +47,8 @@ def import_command_modules(name: str | None = None) -> None:
 
 
 # Read-side commands: they never hand pandas objects to pyarrow (see `skip_pandas_probe`).
-PANDAS_FREE_COMMANDS = frozenset({"ls", "stats", "show", "export", "view", "plot"})
+PANDAS_FREE_COMMANDS = frozenset({"ls", "stats", "show", "export", "view", "plot", "forks", "cov", "positions",
+                                  "groups", "compare"})
 
 
 class _NoPandas:

@@ -1,4 +1,4 @@
-"""CLI commands that look at a trace: ``ls``, ``stats``, ``show``, ``plot``."""
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``plot`` (``show`` is in cli/show.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
+from wbtrace.cli.analyze import where_options
 from wbtrace.cli.app import main
 from wbtrace.cli.options import (
     fmt_count,
@@ -19,8 +19,6 @@ from wbtrace.cli.options import (
     step_options,
     trace_dir_argument,
 )
-from wbtrace.errors import BadInputError
-from wbtrace.palette import entropy_hex, text_color_for
 from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
 
 
@@ -51,11 +49,16 @@ def wide_console(**kwargs) -> Console:
     return console if console.is_terminal else Console(width=max(console.width, 120), **kwargs)
 
 
-def _stats_record(store, step: int, threshold: float) -> dict:
+def _stats_record(store, step: int, threshold: float, where=None) -> dict:
+    from wbtrace.analysis.frames import filter_table
+    from wbtrace.analysis.policy import policy_stats
+
     t = store.read_step(step)
+    if where is not None:
+        t = filter_table(t, where)
     vocab = store.vocab
     forks = [{**f, "token": vocab.text(f["token_id"])} for f in forking_tokens(t, threshold)]
-    return {"step": step, **step_stats(t, threshold), "entropy_by_position": position_profile(t),
+    return {"step": step, **step_stats(t, threshold), **policy_stats(t), "entropy_by_position": position_profile(t),
             "forking_tokens": forks}
 
 
@@ -66,8 +69,9 @@ def _stats_record(store, step: int, threshold: float) -> dict:
               show_default=True,
               help="Entropy (nats) above which a token counts as high-entropy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per step) instead of tables.")
+@where_options
 def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
-              as_json: bool) -> None:
+              as_json: bool, kept: bool | None, correct: bool | None) -> None:
     """Per-step entropy statistics: percentiles, share above a threshold, correct vs incorrect,
     entropy by relative position, top forking tokens.
 
@@ -75,15 +79,21 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
     Example:
         wbtrace stats outputs/demo/entropy_trace --steps 1:5
         wbtrace stats outputs/demo/entropy_trace --json | jq '.[] | .entropy_p90'
+        wbtrace stats outputs/demo/entropy_trace --kept --incorrect
     """
+    from wbtrace.analysis import Where
+
     store = open_store(trace_dir)
-    records = [_stats_record(store, s, threshold) for s in selected_steps(store, steps, step_range)]
+    where = Where(kept=kept, correct=correct)
+    records = [_stats_record(store, s, threshold, where) for s in selected_steps(store, steps, step_range)]
     if as_json:
         click.echo(json.dumps(records, indent=1))
         return
     console = wide_console()
     console.print(_percentile_table(records, threshold))
     console.print(_position_table(records))
+    if any("ratio_mean" in r or "logprob_mean" in r for r in records):
+        console.print(_policy_table(records))
     forks = Table(title="Top forking tokens (count, mean H)", title_justify="left")
     forks.add_column("step", justify="right")
     forks.add_column("tokens")
@@ -109,6 +119,16 @@ def _percentile_table(records: list[dict], threshold: float) -> Table:
     return t
 
 
+def _policy_table(records: list[dict]) -> Table:
+    t = Table(title="Log-prob, ratio and clipping (tokens with a recorded ratio)", title_justify="left")
+    keys = ("logprob_mean", "ratio_mean", "ratio_min", "ratio_max", "clip_frac", "high_entropy_share")
+    for c in ("step", "mean log-prob", "ratio mean", "ratio min", "ratio max", "clipped", "high-entropy"):
+        t.add_column(c, justify="right")
+    for r in records:
+        t.add_row(str(r["step"]), *(fmt_float(r.get(k), 4) for k in keys))
+    return t
+
+
 def _position_table(records: list[dict]) -> Table:
     t = Table(title="Mean entropy by relative position in the response (deciles)", title_justify="left")
     t.add_column("step", justify="right")
@@ -117,38 +137,6 @@ def _position_table(records: list[dict]) -> Table:
     for r in records:
         t.add_row(str(r["step"]), *(fmt_float(v, 2) for v in r["entropy_by_position"]))
     return t
-
-
-@main.command("show")
-@trace_dir_argument
-@click.option("--step", type=int, required=True, help="Step to show.")
-@click.option("--sample", type=int, required=True, help="sample_id of the response.")
-def show_cmd(trace_dir: str, step: int, sample: int) -> None:
-    """Print one response with each token coloured by its entropy.
-
-    \b
-    Example:
-        wbtrace show outputs/demo/entropy_trace --step 2 --sample 0
-    """
-    store = open_store(trace_dir)
-    table = store.read_step(step)
-    ids = table.column("sample_id").to_pylist()
-    if sample not in ids:
-        have = f"sample ids are {min(ids)}..{max(ids)}" if ids else "it has no responses"
-        raise BadInputError(f"step {step} has no sample {sample}; {have}")
-    row = table.slice(ids.index(sample), 1).to_pylist()[0]
-    head = [f"step {step}", f"sample {sample}", f"group {row.get('group_id')}", f"{row['response_length']} tokens"]
-    for key in ("reward", "correct", "advantage", "kept", "truncated"):
-        if row.get(key) is not None:
-            head.append(f"{key} {row[key]:.3g}" if isinstance(row[key], float) else f"{key} {row[key]}")
-    console = wide_console(highlight=False)
-    console.print(" | ".join(head), style="bold")
-    text = Text()
-    for tok, h in zip(row["token_ids"], row["entropy"]):
-        text.append(store.vocab.text(tok), style=f"{text_color_for(h)} on {entropy_hex(h)}")
-    console.print(text)
-    console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
-                                                     for h in (0, 0.3, 0.672, 1, 2, 3.5, 6))) + Text(" nats"))
 
 
 @main.command("plot")
