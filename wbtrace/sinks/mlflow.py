@@ -329,6 +329,7 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
+        self._run_lock = threading.Lock()
 
     # -- plumbing
 
@@ -352,6 +353,12 @@ class MlflowSink(TraceSink):
             ) from e
 
     def _ensure_run(self) -> MlflowClient:
+        # The writer's thread (log_run, log_step) and the trainer's (log_metrics) both get here first
+        # thing: without the lock both find no run for the trace id and create one each.
+        with self._run_lock:
+            return self._find_or_create()
+
+    def _find_or_create(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:
