@@ -307,3 +307,28 @@ def test_compare_curves_overlap_and_prompts(trace, other):
     assert m["prompt_key"].to_list() == ["prompt 0", "prompt 1"] and m["n_a"].to_list() == [4, 4]
     hist = compare.prompt_responses(a, "prompt 1")  # group g1 of step 1 and g0 of step 3
     assert hist.select("step", "sample_id").rows() == [(1, i) for i in range(4, 8)] + [(3, i) for i in range(4)]
+
+
+# ---------------------------------------------------------------- one step table in memory (the W&B sink's case)
+
+def test_a_step_table_gives_the_same_answers_as_the_store(trace):
+    from wbtrace.analysis.step_scalars import step_scalars
+
+    store, truth = trace
+    table = store.read_step(1)
+    assert covariance.cov_by_step(table).drop("next_step", "entropy_change").equals(
+        covariance.cov_by_step(store, [1]).drop("next_step", "entropy_change"))
+    assert forks.forks(table, top=5)["forks"].to_list() == forks.forks(store, [1], top=5)["forks"].to_list()
+    got = step_scalars(table)
+    t = truth[1]
+    _, cov = _cov_reference(t, t["kept"])
+    assert got["cov_mean"] == pytest.approx(cov.mean())
+    assert got["share_zero_spread"] == 0.5 and got["share_all_correct"] == groups.group_shares(store, [1])[
+        "share_all_correct"][0]
+    f = _flat(t, np.ones(len(t["kept"]), bool))
+    fork = f["ent"] > 0.672
+    ids, counts = np.unique(f["ids"][fork], return_counts=True)
+    top = ids[np.lexsort((ids, -counts))][:10]
+    assert got["forks_top_share"] == pytest.approx(np.isin(f["ids"][fork], top).mean())
+    assert got["forks_top_fork_share"] == pytest.approx(fork[np.isin(f["ids"], top)].mean())
+    assert step_scalars(store.read_step(2)) == {}  # the empty step logs nothing

@@ -101,3 +101,117 @@ def test_entropy_and_logprob_by_hand_and_differentiable_logprob_agrees():
     assert torch.allclose(lp.detach(), ref, atol=1e-5)
     lp.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- Archer2.0's loss
+ARCHER_SOURCE = ("wizard-III/Archer2.0 @ b08d963d5d65909ef1f24dba2f382006d0be33e1, "
+                 "verl/trainer/ppo/core_algos.py: compute_policy_loss_archer (called from "
+                 "verl/workers/actor/dp_actor.py with use_archer_policy_loss=True)")
+
+
+def archer_reference(old_log_prob, log_prob, advantages, response_mask, low_entropy_mask,
+                     neg_low_ent_low=0.2, neg_high_ent_low=0.4, pos_low_ent_high=0.2, pos_high_ent_high=0.4,
+                     neg_c=3.0, pos_c=3.0):
+    """Archer2.0's function restated operation by operation (ARCHER_SOURCE), as an independent reference.
+
+    Archer's dp_actor passes a mask it calls ``high_entropy_mask`` that is True on *low*-entropy tokens
+    (``entropy <= q80``); the function gives those tokens the low-entropy bounds. Kept here as Archer has it.
+    Returns the token-mean loss (verl_F.masked_mean) and the per-token loss matrix.
+    """
+    ratio = torch.exp(torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0))
+    neg_clip = torch.where(low_entropy_mask, torch.clamp(ratio, min=1 - neg_low_ent_low, max=None),
+                           torch.clamp(ratio, min=1 - neg_high_ent_low, max=None))
+    pos_clip = torch.where(low_entropy_mask, torch.clamp(ratio, min=None, max=1 + pos_low_ent_high),
+                           torch.clamp(ratio, min=None, max=1 + pos_high_ent_high))
+    neg_losses_clip = -advantages * neg_clip
+    pos_losses_clip = -advantages * (pos_clip / pos_clip.detach()) / pos_clip.detach()
+    neg_dual_ratio = torch.clamp(neg_clip, min=None, max=neg_c)
+    neg_dual_mask = torch.gt(neg_clip, neg_dual_ratio)
+    neg_losses = torch.where(neg_dual_mask, -advantages * neg_dual_ratio.detach() * log_prob, neg_losses_clip)
+    pos_dual_ratio = torch.clamp(1 / pos_clip, min=None, max=pos_c)
+    pos_dual_mask = torch.gt(1 / pos_clip, pos_dual_ratio)
+    pos_losses = torch.where(pos_dual_mask, -advantages * pos_dual_ratio.detach() * log_prob, pos_losses_clip)
+    pg_losses = torch.where(advantages < 0, neg_losses, pos_losses)
+    return (pg_losses * response_mask).sum() / (response_mask.sum() + 1e-8), pg_losses
+
+
+def _archer_inputs(seed):
+    """Random tokens covering every branch: ratios from 0.05 to 8 (inside, above, below the bounds of both
+    classes, above c = 3 and below 1/c), both advantage signs, both classes, padding."""
+    g = torch.Generator().manual_seed(seed)
+    N, T = 6, 40
+    old = -torch.rand(N, T, generator=g) * 5 - 0.1
+    log_r = torch.empty(N, T).uniform_(math.log(0.05), math.log(8.0), generator=g)
+    new = (old + log_r).requires_grad_(True)
+    adv = torch.randn(N, generator=g)
+    adv[0], adv[1] = 1.5, -1.5
+    high = torch.rand(N, T, generator=g) < 0.3
+    mask = torch.ones(N, T)
+    mask[2, 30:] = 0
+    mask[4, 10:] = 0
+    return new, old, adv, mask, high
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_archer_loss_and_gradient_equal_archer2_code_in_every_branch(seed):
+    new, old, adv, mask, high = _archer_inputs(seed)
+    loss, st = algo.archer_policy_loss(new, old, adv, mask, high, 0.2, 0.2, 0.4, 0.4, 3.0, 3.0)
+    ours = algo.agg_loss(loss, mask, "token-mean")
+    (g_ours,) = torch.autograd.grad(ours, new)
+    ref, ref_tokens = archer_reference(old, new, adv[:, None], mask, ~high & mask.bool())
+    (g_ref,) = torch.autograd.grad(ref, new)
+    valid = mask.bool()
+    torch.testing.assert_close(loss[valid], ref_tokens[valid], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-6, atol=1e-9)
+    # every branch was exercised: (sign) x (inside, clipped, dual) and both classes
+    r, a = st["ratio"], adv[:, None].expand_as(st["ratio"])
+    eps_hi = torch.where(high, 0.4, 0.2)
+    branches = {"A>0 inside": (a > 0) & (r >= 1 / 3) & (r <= 1 + eps_hi), "A>0 above": st["clip_high_hit"],
+                "A>0 below 1/c": (a > 0) & st["dual_clip_hit"], "A<0 inside": (a < 0) & ~st["clipped"],
+                "A<0 below": st["clip_low_hit"], "A<0 above c": (a < 0) & st["dual_clip_hit"]}
+    for name, hit in branches.items():
+        for cls in (high, ~high):
+            assert (hit & cls & valid).any(), name
+    # and in the branches where the old DAPO/PPO loss differs, the gradients do differ
+    ppo, _ = algo.policy_loss(new, old, adv, mask, *algo.token_clip_bounds(high, 0.2, 0.2, 0.4, 0.4), 3.0)
+    (g_ppo,) = torch.autograd.grad(algo.agg_loss(ppo, mask), new)
+    differs = (g_ppo - g_ours).abs() > 1e-7
+    assert differs[(a < 0) & st["dual_clip_hit"]].all() and not differs[(a < 0) & ~st["dual_clip_hit"]].any()
+
+
+def test_archer_loss_by_hand():
+    # one token per case, low-entropy bounds 0.2 / 0.2, c = 3; logp = log r (old log-prob 0)
+    r = torch.tensor([[0.5, 2.0, 0.2, 0.5, 1.1, 5.0]])
+    adv = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0, -1.0]])
+    new = torch.log(r).requires_grad_(True)
+    loss, st = algo.archer_policy_loss(new, torch.zeros_like(r), adv, torch.ones_like(r),
+                                       torch.zeros_like(r, dtype=torch.bool))
+    lp = math.log(0.2), math.log(5.0)
+    # A>0: -1/r inside; -1/1.2 above; -3*logp below 1/3. A<0: 0.8 below; r inside; 3*logp above c.
+    expected = [-2.0, -1 / 1.2, -3 * lp[0], 0.8, 1.1, 3 * lp[1]]
+    assert loss.detach()[0].tolist() == pytest.approx(expected, abs=1e-6)
+    (grad,) = torch.autograd.grad(loss.sum(), new)
+    # d/dlogp: -A/r (flipped weight), 0, -A*c, 0, -A*r, -A*c (soft dual clip keeps the gradient)
+    assert grad[0].tolist() == pytest.approx([-2.0, 0.0, -3.0, 0.0, 1.1, 3.0], abs=1e-6)
+    assert st["clip_high_hit"][0].tolist() == [False, True, False, False, False, False]
+    assert st["clip_low_hit"][0].tolist() == [False, False, False, True, False, False]
+    assert st["dual_clip_hit"][0].tolist() == [False, False, True, False, False, True]
+    assert st["clipped"][0].tolist() == [False, True, True, True, False, True]
+    # a high-entropy token with A > 0 may grow to 1.4 before its bound binds
+    loss_he, _ = algo.archer_policy_loss(torch.log(torch.tensor([[1.3]])), torch.zeros(1, 1), torch.ones(1, 1),
+                                         torch.ones(1, 1), torch.ones(1, 1, dtype=torch.bool))
+    assert loss_he.item() == pytest.approx(-1 / 1.3)
+
+
+def test_kl_penalty_estimators_by_hand():
+    lp, ref = torch.tensor([[math.log(0.5)]]), torch.tensor([[math.log(0.25)]])
+    d = math.log(2.0)
+    assert algo.kl_penalty(lp, ref, "kl").item() == pytest.approx(d)
+    assert algo.kl_penalty(ref, lp, "abs").item() == pytest.approx(d)
+    assert algo.kl_penalty(lp, ref, "mse").item() == pytest.approx(0.5 * d * d)
+    assert algo.kl_penalty(lp, ref, "low_var_kl").item() == pytest.approx(0.5 + d - 1.0)  # ref/pi - log - 1
+    assert algo.kl_penalty(lp, lp, "low_var_kl").item() == 0.0
+    assert algo.kl_penalty(torch.tensor([[0.0]]), torch.tensor([[-30.0]])).item() == 10.0  # verl's clamps
+    with pytest.raises(ValueError):
+        algo.kl_penalty(lp, ref, "full")

@@ -38,6 +38,11 @@ def test_merge_order_preset_file_overrides(tmp_path):
                                     "folder (no config.json there)"),
     (["trainer.logger=[console,tensorboard]"], "trainer.logger has ['tensorboard']; allowed: console, wandb"),
     (["trainer.device=tpu"], "trainer.device='tpu' is not one of cpu, cuda"),
+    (["actor_rollout_ref.rollout.n=1"], "actor_rollout_ref.rollout.n=1 must be >= 2: a GRPO group of one response "
+                                        "has advantage 0 and is always filtered, so nothing would train"),
+    (["actor_rollout_ref.actor.clip_ratio_c=1.0"], "actor_rollout_ref.actor.clip_ratio_c=1.0 must be > 1 (the dual "
+                                                   "clip caps the ratio above 1; verl: 3, DAPO default here: 10)"),
+    (["actor_rollout_ref.actor.archer.loss=grpo"], "actor_rollout_ref.actor.archer.loss='grpo' is not one of archer, ppo"),
 ])
 def test_bad_config_fails_with_one_line_and_exit_code_2(overrides, message):
     with pytest.raises(BadInputError):

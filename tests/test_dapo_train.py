@@ -147,3 +147,43 @@ def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, 
     reward = json.loads((out / "metrics.jsonl").read_text())["reward/mean"]
     assert run.data.metrics["reward/mean"] == pytest.approx(reward)
     assert "trace/entropy_p80" in run.data.metrics
+
+
+# archer2's loss and update values on the tiny model: the model, sizes, device and reward are tiny's
+ARCHER2_ON_TINY = ["model.path=tiny", "model.compute_dtype=float32", "trainer.device=cpu", "trainer.cpus_per_worker=1",
+                   "data.train_batch_size=4", "data.max_prompt_length=64", "data.max_response_length=16",
+                   "actor_rollout_ref.rollout.n=4", "actor_rollout_ref.rollout.micro_batch_size=64",
+                   "actor_rollout_ref.actor.micro_batch_size=16", "actor_rollout_ref.actor.ppo_mini_batch_size=2",
+                   "actor_rollout_ref.actor.lr=1e-3", "reward_model.reward_fn=toy", "reward_model.overlong_buffer.len=4",
+                   "trainer.save_freq=1", "trainer.logger=[console]"]
+
+
+def test_archer2_preset_on_the_tiny_model_trains_traces_token_classes_and_resumes(tmp_path, ray_address):  # noqa: F811
+    from wbtrace.dapo.config import load_config
+
+    out = tmp_path / "run"
+    args = ["train", "--preset", "archer2", *ARCHER2_ON_TINY, f"trainer.output_dir={out}"]
+    cfg = load_config("archer2", None, ARCHER2_ON_TINY).actor_rollout_ref.actor
+    assert (cfg.archer.enable, cfg.archer.loss, cfg.archer.entropy_class, cfg.ppo_epochs, cfg.clip_ratio_c,
+            cfg.use_kl_loss) == (True, "archer", "current", 3, 3.0, True)
+    result = CliRunner().invoke(main, [*args, "trainer.total_training_steps=2"])
+    assert result.exit_code == 0, result.output
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    trained = [m for m in metrics if "actor/pg_loss" in m]
+    assert trained and all(m["filter/num_gen_batches"] == 1 for m in metrics)  # rejection sampling, no refill
+    for m in trained:
+        assert m["actor/kl_loss"] > 0 and m["actor/skipped_updates"] == 0 and m["actor/ratio_mean"] != 1.0
+    store = TraceStore(out / "entropy_trace")
+    assert store.steps == [1, 2]
+    ratios = []
+    for _, table in store.iter_steps():
+        rows = table.to_pydict()
+        for r, k, hi, clip in zip(rows["ratio"], rows["kept"], rows["high_entropy"], rows["clipped"]):
+            if k:  # 3 epochs x 2 mini-batches: the last epoch is off-policy
+                ratios += list(r)
+                assert len(hi) == len(r) == len(clip) and 1 <= sum(hi) <= 0.2 * len(hi) + 1
+    assert ratios and np.abs(np.array(ratios) - 1.0).max() > 1e-3
+    result = CliRunner().invoke(main, [*args, "trainer.total_training_steps=3"])
+    assert result.exit_code == 0, result.output
+    assert "resuming from step 2" in result.output
+    assert TraceStore(out / "entropy_trace").steps == [1, 2, 3]

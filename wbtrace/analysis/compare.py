@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from wbtrace.analysis.forks import fork_overlap, forks
-from wbtrace.analysis.frames import has_columns, responses
+from wbtrace.analysis.frames import chosen_steps, has_columns, responses
 from wbtrace.errors import BadInputError
 from wbtrace.stats import DEFAULT_THRESHOLD
 
@@ -112,7 +112,7 @@ def prompt_responses(store: TraceStore, key: str, steps: Iterable[int] | None = 
     """Every response to the prompt whose key is ``key`` in the chosen steps (one prompt across steps)."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    chosen = chosen_steps(store, steps)
     _, expr = _key_for(store, chosen, how)
     return responses(store, chosen).filter(expr == key).sort("step", "sample_id").collect() \
         .with_columns(pl.col("entropy").cast(pl.List(pl.Float32)))

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from wbtrace.analysis.frames import Where, has_columns, responses, steps_frame, tokens
+from wbtrace.analysis.frames import Where, chosen_steps, has_columns, responses, steps_frame, tokens
 
 if TYPE_CHECKING:
     import polars as pl
@@ -64,7 +64,7 @@ def cov_by_step(store: TraceStore, steps: Iterable[int] | None = None, where: Wh
     ``clip_cov_clipped`` (how many it would detach), and ``kl_cov_k``. Steps without tokens keep a row of nulls."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    chosen = chosen_steps(store, steps)
     lf = token_cov(store, chosen, where, **ratios)
     per = lf.group_by("step").agg(
         n_tokens=pl.len(),

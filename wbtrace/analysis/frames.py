@@ -55,11 +55,30 @@ class Where:
 ALL = Where()  # every response, kept or filtered, correct or not
 
 
-def scan(store: TraceStore, steps: Iterable[int] | None = None) -> pl.LazyFrame:
-    """A lazy scan of the chosen committed step files (all by default), columns missing in some filled with nulls."""
+def chosen_steps(store: TraceStore | pa.Table, steps: Iterable[int] | None = None) -> list[int]:
+    """``steps`` as a list, or every step of ``store`` (a trace, or one step table already in memory)."""
+    if steps is not None:
+        return list(steps)
+    if not _is_table(store):
+        return list(store.steps)
+    return sorted(set(store.column("step").to_pylist())) if store.num_rows else []
+
+
+def _is_table(store: object) -> bool:
+    import pyarrow as pa
+
+    return isinstance(store, pa.Table)
+
+
+def scan(store: TraceStore | pa.Table, steps: Iterable[int] | None = None) -> pl.LazyFrame:
+    """A lazy scan of the chosen committed step files (all by default), columns missing in some filled with
+    nulls. ``store`` may also be a step table in memory (the W&B sink analyses the step it is logging)."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    if _is_table(store):
+        lf = pl.from_arrow(store).lazy()
+        return lf if steps is None else lf.filter(pl.col("step").is_in(list(steps)))
+    chosen = chosen_steps(store, steps)
     paths = [str(store.step_path(s)) for s in chosen]
     if not paths:
         return pl.LazyFrame({"step": pl.Series([], dtype=pl.Int32)})
@@ -130,6 +149,8 @@ def with_text(df: pl.DataFrame, store: TraceStore, id_column: str = "token_id") 
     """``df`` with a ``text`` column: the vocabulary's display text of ``id_column`` (raw: escape to show)."""
     import polars as pl
 
+    if _is_table(store):
+        return df.with_columns(text=pl.lit(None, dtype=pl.String))  # a bare step table has no vocabulary
     texts = store.vocab.texts_for(df[id_column].to_numpy()) if df.height else []
     return df.with_columns(text=pl.Series(list(texts), dtype=pl.String))
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from wbtrace.analysis.frames import ALL, Where, has_columns, responses, steps_frame
+from wbtrace.analysis.frames import ALL, Where, chosen_steps, has_columns, responses, steps_frame
 from wbtrace.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def group_shares(store: TraceStore, steps: Iterable[int] | None = None, where: W
     """Per step: ``n_groups, n_kept_groups, share_all_correct, share_all_wrong, share_zero_spread`` (DAPO)."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    chosen = chosen_steps(store, steps)
     per = _group_frame(store, chosen, where).group_by("step").agg(
         n_groups=pl.len(),
         n_kept_groups=pl.col("kept").sum(),

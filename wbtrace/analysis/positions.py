@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from wbtrace.analysis.frames import ALL, Where, steps_frame, tokens
+from wbtrace.analysis.frames import ALL, Where, chosen_steps, steps_frame, tokens
 from wbtrace.stats import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ def position_heatmap(store: TraceStore, steps: Iterable[int] | None = None, bins
     """Long form ``step, bin, n_tokens, entropy_mean``: every chosen step x every bin (nulls where empty)."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    chosen = chosen_steps(store, steps)
     lf = tokens(store, chosen, where, ("entropy",), ("step",))
     per = lf.with_columns(bin=pl.min_horizontal((pl.col("rel_pos") * bins).floor().cast(pl.Int32),
                                                 pl.lit(bins - 1, pl.Int32))) \
@@ -48,7 +48,7 @@ def end_share(store: TraceStore, steps: Iterable[int] | None = None, *, threshol
     """Per step: ``n_tokens, n_high, n_high_tail, end_share`` (= n_high_tail / n_high) and ``tail``."""
     import polars as pl
 
-    chosen = list(store.steps if steps is None else steps)
+    chosen = chosen_steps(store, steps)
     lf = tokens(store, chosen, where, ("entropy",), ("step",))
     high = pl.col("entropy") > threshold
     per = lf.group_by("step").agg(

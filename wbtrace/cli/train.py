@@ -11,7 +11,8 @@ from wbtrace.dapo.config import PRESETS  # light: dataclasses only, OmegaConf is
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
-              help="Start from a preset: tiny (random model, tests), cpu (SmolLM2-135M), h100.")
+              help="Start from a preset: tiny (random model, tests), cpu (SmolLM2-135M), h100, archer2 "
+                   "(Archer2.0's recipe, 1 GPU).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="YAML file of config keys, merged after the preset.")
 @click.option("--print-config", is_flag=True, help="Print the merged config as YAML and exit.")

@@ -22,8 +22,12 @@ from wbtrace.cli.app import main
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
 @click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
 @click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
+@click.option("--follow", is_flag=True,
+              help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
+@click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="OTHER_TRACE", help="A second trace for the Compare runs tab.")
 def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
-         serve: bool, port: int) -> None:
+         serve: bool, port: int, follow: bool, compare: Path | None) -> None:
     """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
 
     \b
@@ -31,22 +35,32 @@ def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: flo
         wbtrace view outputs/demo/entropy_trace -o report.html --open
         wbtrace view outputs/demo/entropy_trace --steps 40:50
         wbtrace view outputs/big_run/entropy_trace --serve
+        wbtrace view outputs/live_run/entropy_trace --serve --follow
+        wbtrace view runs/a/entropy_trace --compare runs/b/entropy_trace
     """
     from wbtrace.viewer import ViewerApp, make_server, write_report
 
+    if follow and not serve:
+        raise click.UsageError("--follow needs --serve (a file cannot change once written)")
     if not serve:
+<<<<<<< HEAD
         out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold)
+=======
+        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold,
+                           compare=compare)
+>>>>>>> main
         click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if open_browser:
             webbrowser.open(out.resolve().as_uri())
         return
-    app = ViewerApp(trace_dir, steps=steps, threshold=threshold)
+    app = ViewerApp(trace_dir, steps=steps, threshold=threshold, follow=follow, compare=compare)
     try:
         server = make_server(app, "127.0.0.1", port)
     except OSError as e:
         raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
-    click.echo(f"Serving {trace_dir} ({len(app.steps)} steps) on {url}  (Ctrl-C stops)")
+    live = ", following new steps" if follow else ""
+    click.echo(f"Serving {trace_dir} ({len(app.steps)} steps{live}) on {url}  (Ctrl-C stops)")
     if open_browser:
         webbrowser.open(url)
     try:

@@ -1,5 +1,6 @@
-"""DAPO's math as free functions on tensors: advantages, the clipped policy loss, dynamic sampling,
-overlong shaping, Archer2.0's high-entropy mask, and the differentiable log-prob of the update pass.
+"""DAPO's math as free functions on tensors: advantages, the clipped policy loss, Archer2.0's policy
+loss and high-entropy mask, the KL penalty, dynamic sampling, overlong shaping, and the differentiable
+log-prob of the update pass.
 
 Shapes: ``N`` responses, ``T`` response tokens (right-padded), ``V`` vocabulary. Masks are 1 on real
 response tokens. Every function is tested on hand-written tensors in ``tests/test_dapo_algo.py``.
@@ -93,6 +94,70 @@ def policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: to
             "dual_clip_hit": dual_hit,
         }
     return loss, stats
+
+
+def archer_policy_loss(logprob: torch.Tensor, old_logprob: torch.Tensor, advantages: torch.Tensor,
+                       mask: torch.Tensor, high_entropy: torch.Tensor, clip_low: float = 0.2,
+                       clip_high: float = 0.2, he_clip_low: float = 0.4, he_clip_high: float = 0.4,
+                       clip_c_neg: float = 3.0, clip_c_pos: float = 3.0):
+    """Archer2.0's per-token policy loss, branch for branch (``compute_policy_loss_archer`` in
+    wizard-III/Archer2.0 ``verl/trainer/ppo/core_algos.py``, the loss of its published recipe).
+
+    logprob, old_logprob, mask, high_entropy (bool): (N, T); advantages: (N,) or (N, T). Low-entropy
+    tokens use ``clip_low``/``clip_high``, high-entropy ones ``he_clip_low``/``he_clip_high``; each sign
+    sees one bound. With r = pi / pi_old (log-ratio clamped to +-20, as verl), per token:
+
+    - A < 0, r <= c_neg: ``-A * max(r, 1 - eps_low)``, PPO's loss (zero gradient below the bound).
+    - A < 0, r > c_neg: ``-A * c_neg * logprob`` (a *soft* dual clip: the gradient -A c grad(logp) stays;
+      the usual dual clip is the constant -A c).
+    - A >= 0, r >= 1 / c_pos: value ``-A / min(r, 1 + eps_high)`` and, inside the bound, gradient
+      ``-A / r * grad(logp)`` (Archer's ``(p / p.detach()) / p.detach()``: the importance weight is
+      flipped, not r); zero gradient above the bound.
+    - A >= 0, r < 1 / c_pos: ``-A * c_pos * logprob`` (a dual clip on the positive side).
+
+    On-policy (r = 1) the gradient is PPO's, -A grad(logp). Returns ``(loss (N, T), stats)`` with the
+    keys of ``policy_loss``'s stats (``clip_high_hit``: A >= 0 above the upper bound, as Archer counts).
+    """
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logprob)
+    ratio = torch.exp(torch.clamp(logprob - old_logprob, -20.0, 20.0))
+    eps_low, eps_high = token_clip_bounds(high_entropy, clip_low, clip_high, he_clip_low, he_clip_high)
+    neg_ratio = torch.clamp(ratio, min=1.0 - eps_low)  # one-sided: A < 0 only meets the lower bound
+    pos_ratio = torch.clamp(ratio, max=1.0 + eps_high)
+    neg_dual = neg_ratio > clip_c_neg
+    pos_dual = 1.0 / pos_ratio > clip_c_pos
+    neg_loss = torch.where(neg_dual, -adv * clip_c_neg * logprob, -adv * neg_ratio)
+    pos_loss = torch.where(pos_dual, -adv * clip_c_pos * logprob,
+                           -adv * (pos_ratio / pos_ratio.detach()) / pos_ratio.detach())
+    negative = adv < 0
+    loss = torch.where(negative, neg_loss, pos_loss)
+    valid = mask.bool()
+    with torch.no_grad():
+        high_hit = ~negative & (ratio > pos_ratio) & valid
+        low_hit = negative & (ratio < neg_ratio) & valid
+        dual_hit = torch.where(negative, neg_dual, pos_dual) & valid
+        stats = {"ratio": ratio.detach(), "clipped": high_hit | low_hit | dual_hit,
+                 "clip_high_hit": high_hit, "clip_low_hit": low_hit, "dual_clip_hit": dual_hit}
+    return loss, stats
+
+
+def kl_penalty(logprob: torch.Tensor, ref_logprob: torch.Tensor, kind: str = "low_var_kl") -> torch.Tensor:
+    """Per-token KL estimate of the policy from the reference (Schulman 2020, as verl's ``kl_penalty``).
+
+    logprob, ref_logprob: (N, T). ``kl`` = log(pi/ref) (k1), ``abs``, ``mse`` = half the squared log-ratio
+    (k2), ``low_var_kl`` = ref/pi - log(ref/pi) - 1 (k3, with verl's clamps: log-ratio to +-20, value
+    to +-10). Returns (N, T); aggregate with ``agg_loss``.
+    """
+    diff = logprob - ref_logprob
+    if kind == "kl":
+        return diff
+    if kind == "abs":
+        return diff.abs()
+    if kind == "mse":
+        return 0.5 * diff.square()
+    if kind == "low_var_kl":
+        log_ref_ratio = torch.clamp(-diff, -20.0, 20.0)
+        return torch.clamp(torch.exp(log_ref_ratio) - log_ref_ratio - 1.0, -10.0, 10.0)
+    raise ValueError(f"unknown kl_loss_type {kind!r}")
 
 
 def agg_loss(loss: torch.Tensor, mask: torch.Tensor, mode: str = "token-mean",

@@ -62,7 +62,9 @@ class RolloutConfig:
 
 @dataclass
 class ArcherConfig:
-    enable: bool = _f(False, "Archer2.0 entropy-aware dual-token clip: high-entropy tokens get their own, wider clip bounds.")
+    enable: bool = _f(False, "Archer2.0 entropy-aware clipping: high-entropy tokens get their own, wider clip bounds (low-entropy tokens keep actor.clip_ratio_low/high).")
+    loss: str = _f("archer", "`archer`: Archer2.0's published loss (`compute_policy_loss_archer`: soft dual clip on both signs, flipped importance weight for A > 0); `ppo`: Archer's older path, PPO clip with per-class bounds and the usual dual clip.")
+    entropy_class: str = _f("current", "Which entropy decides the token class: `current` (Archer2.0: the policy being updated, recomputed in every update forward) or `old` (the old-log-prob pass of the rollout). Also what the trace's high_entropy column records.")
     entropy_quantile: float = _f(0.8, "Per response, tokens above this entropy quantile are high-entropy.")
     clip_ratio_low: float = _f(0.4, "Lower clip epsilon for high-entropy tokens (binds when the advantage is negative).")
     clip_ratio_high: float = _f(0.4, "Upper clip epsilon for high-entropy tokens (binds when the advantage is positive).")
@@ -79,8 +81,11 @@ class ActorConfig:
     micro_batch_size: int = _f(16, "Sequences per forward/backward on one worker (gradient accumulation).")
     clip_ratio_low: float = _f(0.2, "PPO lower clip epsilon (DAPO clip-higher: 0.2).")
     clip_ratio_high: float = _f(0.28, "PPO upper clip epsilon (DAPO clip-higher: 0.28).")
-    clip_ratio_c: float = _f(10.0, "Dual-clip bound c: for negative advantages the loss is capped at -A*c (Ye et al. 2020).")
+    clip_ratio_c: float = _f(10.0, "Dual-clip bound c > 1: for negative advantages the loss is capped at -A*c (Ye et al. 2020); the `archer` loss applies it softly to both signs (r > c for A < 0, r < 1/c for A > 0).")
     loss_agg_mode: str = _f("token-mean", "`token-mean` (DAPO), `seq-mean-token-mean` (GRPO) or `seq-mean-token-sum`.")
+    use_kl_loss: bool = _f(False, "Add kl_loss_coef x KL(policy / initial policy) to the loss (GRPO; Archer2.0's recipe); keeps a frozen copy of the initial model on each worker.")
+    kl_loss_coef: float = _f(0.001, "Weight of the KL loss (verl / Archer2.0 recipe: 0.001).")
+    kl_loss_type: str = _f("low_var_kl", "KL estimator: `kl` (k1), `abs`, `mse` (k2) or `low_var_kl` (k3, verl's default).")
     archer: ArcherConfig = _sub(ArcherConfig, "Archer2.0 dual-token clipping.")
 
 
@@ -197,6 +202,32 @@ PRESETS: dict[str, dict[str, Any]] = {
         "trainer.total_training_steps": 100, "trainer.save_freq": 25, "trainer.output_dir": "outputs/h100",
         "trainer.cpus_per_worker": 4,
     },
+    # Archer2.0's published recipe (scripts/train/run_archer2.0_qwen2.5_1.5b_math.sh) for every loss and
+    # update value; model, batch and lengths scaled to SmolLM2-135M on one GPU (the recipe: 1.5B,
+    # 64 prompts x 16, mini-batch 16, 32k tokens). docs/trainer.md lists what differs.
+    "archer2": {
+        "model.path": "smollm2", "model.compute_dtype": "bfloat16", "trainer.device": "cuda",
+        "data.train_batch_size": 16, "data.max_response_length": 256, "actor_rollout_ref.rollout.n": 16,
+        "actor_rollout_ref.rollout.micro_batch_size": 256, "actor_rollout_ref.actor.micro_batch_size": 64,
+        "actor_rollout_ref.actor.ppo_mini_batch_size": 4, "actor_rollout_ref.actor.ppo_epochs": 3,
+        "actor_rollout_ref.actor.lr": 1e-6, "actor_rollout_ref.actor.warmup_steps": 10,
+        "actor_rollout_ref.actor.weight_decay": 0.1, "actor_rollout_ref.actor.grad_clip": 1.0,
+        "actor_rollout_ref.actor.clip_ratio_low": 0.2, "actor_rollout_ref.actor.clip_ratio_high": 0.2,
+        "actor_rollout_ref.actor.clip_ratio_c": 3.0, "actor_rollout_ref.actor.loss_agg_mode": "token-mean",
+        "actor_rollout_ref.actor.archer.enable": True, "actor_rollout_ref.actor.archer.loss": "archer",
+        "actor_rollout_ref.actor.archer.entropy_class": "current",
+        "actor_rollout_ref.actor.archer.entropy_quantile": 0.8,
+        "actor_rollout_ref.actor.archer.clip_ratio_low": 0.4, "actor_rollout_ref.actor.archer.clip_ratio_high": 0.4,
+        "actor_rollout_ref.actor.use_kl_loss": True, "actor_rollout_ref.actor.kl_loss_coef": 0.001,
+        "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
+        # rejection_sample=True: drop all-correct / all-wrong groups of one generation batch, no refill
+        "algorithm.filter_groups.enable": True, "algorithm.filter_groups.metric": "acc",
+        "algorithm.filter_groups.max_num_gen_batches": 1,
+        "reward_model.overlong_buffer.enable": True, "reward_model.overlong_buffer.len": 16,
+        "reward_model.overlong_buffer.penalty_factor": 1.0,
+        "trainer.total_training_steps": 100, "trainer.save_freq": 10, "trainer.output_dir": "outputs/archer2",
+        "trainer.cpus_per_worker": 4,
+    },
 }
 
 
@@ -248,6 +279,9 @@ _CHOICES = {
     "data.prompt_format": ("auto", "chat", "plain"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "actor_rollout_ref.actor.loss_agg_mode": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
+    "actor_rollout_ref.actor.kl_loss_type": ("kl", "abs", "mse", "low_var_kl"),
+    "actor_rollout_ref.actor.archer.loss": ("archer", "ppo"),
+    "actor_rollout_ref.actor.archer.entropy_class": ("current", "old"),
     "algorithm.filter_groups.metric": ("acc", "score"),
     "reward_model.reward_fn": ("math", "toy"),
     "trainer.device": ("cpu", "cuda"),
@@ -276,6 +310,12 @@ def validate(cfg: DapoConfig) -> None:
     for key in positive:
         if get_key(cfg, key) < 1:
             raise BadInputError(f"{key}={get_key(cfg, key)} must be >= 1")
+    if cfg.actor_rollout_ref.rollout.n < 2:
+        raise BadInputError(f"actor_rollout_ref.rollout.n={cfg.actor_rollout_ref.rollout.n} must be >= 2: a GRPO "
+                            "group of one response has advantage 0 and is always filtered, so nothing would train")
+    if cfg.actor_rollout_ref.actor.clip_ratio_c <= 1:
+        raise BadInputError(f"actor_rollout_ref.actor.clip_ratio_c={cfg.actor_rollout_ref.actor.clip_ratio_c} must be "
+                            "> 1 (the dual clip caps the ratio above 1; verl: 3, DAPO default here: 10)")
     ob = cfg.reward_model.overlong_buffer
     if ob.enable and not 0 < ob.len < cfg.data.max_response_length:
         raise BadInputError(f"reward_model.overlong_buffer.len={ob.len} must be in (0, data.max_response_length="

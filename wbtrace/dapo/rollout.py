@@ -127,7 +127,8 @@ def collect_step(workers: list[Any], stream: PromptStream, tok: Any, cfg: DapoCo
         if fg.max_num_gen_batches and gen_batches >= fg.max_num_gen_batches:
             break
     out = concat(parts, tok.pad_token_id)
-    _trim_kept(out, n, cfg.data.train_batch_size)
+    if fg.enable:  # with filtering off every generated group trains, as in verl's DAPO recipe
+        _trim_kept(out, n, cfg.data.train_batch_size)
     metrics = {"filter/num_gen_batches": gen_batches, "filter/kept_groups": int(out["kept"].sum()) // n,
                "filter/filtered_groups": gen_batches * B - kept_groups, "timing/generate": timings["time_generate"],
                "timing/log_prob": timings["time_log_prob"], "timing/reward": t_reward}

@@ -7,6 +7,7 @@ Commands (``wbtrace train`` is ``scripts/train_dapo_*.sh`` without the wrapper):
     wbtrace train --preset h100                                   # 1 GPU: 100 steps, 8 prompts x 8
     wbtrace train --preset h100 trainer.num_workers=2             # 2 GPUs, data-parallel (nccl)
     wbtrace train --preset h100 ray.address=auto                  # join a running Ray cluster
+    wbtrace train --preset archer2                                # Archer2.0's recipe: its loss, 3 epochs, KL
 
 One step: the driver takes prompts, the workers (one Ray actor per GPU, or per CPU slot) sample n
 responses each with the KV cache and run the old-log-prob pass (entropy and log-prob of every token
@@ -23,7 +24,10 @@ How this differs from the DAPO paper (and verl's recipe):
 - Dynamic sampling stops after ``max_num_gen_batches`` and trains on what survived (verl raises).
 - Rewards: +1/-1 from math-verify on a leniently parsed answer (last \\boxed{}, "Answer: X", last number).
 - Built-in procedural arithmetic replaces DAPO-Math-17k (no download); small models, small batches.
-- Optional Archer2.0 dual-token clip (``actor.archer.enable``) is not in the DAPO paper.
+- Optional Archer2.0 loss (``actor.archer.enable``, ``--preset archer2``) is not in the DAPO paper; its
+  differences from Archer2.0's code (global token-mean kept) are listed in docs/trainer.md.
+- As verl: the LR schedule steps once per training step; a non-finite gradient norm skips that optimizer
+  step; with filtering off every generated group trains.
 """
 
 from __future__ import annotations
@@ -117,8 +121,11 @@ def update_policy(cfg: DapoConfig, workers: list[Any], batch: dict[str, Any]) ->
     if len(kept) == 0:
         log.warning("no group survived dynamic sampling this step; skipping the update")
         return {}
-    actor = cfg.actor_rollout_ref.actor
-    num_mini = cfg.data.train_batch_size // actor.ppo_mini_batch_size if actor.ppo_mini_batch_size else 1
+    # Mini-batches of ppo_mini_batch_size groups, as verl splits by rows: a step with more groups than
+    # train_batch_size (filtering off, larger generation batch) makes more optimizer steps, not bigger ones.
+    mini = cfg.actor_rollout_ref.actor.ppo_mini_batch_size or cfg.data.train_batch_size
+    kept_groups = len(kept) // cfg.actor_rollout_ref.rollout.n
+    num_mini = max(1, -(-kept_groups // mini))
     fields = {"prompts": "prompts", "prompt_mask": "prompt_mask", "responses": "responses",
               "response_mask": "response_mask", "old_logprob": "logprob", "entropy": "entropy",
               "advantages": "advantage"}

@@ -15,6 +15,7 @@ import contextlib
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,7 @@ class PolicyWorker:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.optim, lambda s: min(1.0, (s + 1) / (warm + 1)))
         self._tokens: dict[str, list[np.ndarray]] = {}  # per-token update stats of the current epoch
         self.sampler = self._make_sampler()
+        self.ref = self._make_ref()
 
     def _make_sampler(self):
         """The model ``generate`` runs on: a bf16 copy when computing in bf16.
@@ -58,6 +60,19 @@ class PolicyWorker:
         sampler = copy.deepcopy(self.model).to(torch.bfloat16).eval()
         sampler.requires_grad_(False)
         return sampler
+
+    def _make_ref(self):
+        """The frozen initial policy the KL loss measures against (None without ``use_kl_loss``).
+
+        Copied before any checkpoint is loaded, so a resumed run still compares with the initial model.
+        """
+        import copy
+
+        if not self.cfg.actor_rollout_ref.actor.use_kl_loss:
+            return None
+        ref = copy.deepcopy(self.model).eval()
+        ref.requires_grad_(False)
+        return ref
 
     def _sync_sampler(self) -> None:
         import torch
@@ -89,6 +104,9 @@ class PolicyWorker:
         with torch.no_grad():  # same start everywhere, whatever each rank loaded
             for p in self.model.parameters():
                 dist.broadcast(p.data, src=0)
+            if self.ref is not None:
+                for dst, src in zip(self.ref.parameters(), self.model.parameters()):
+                    dst.copy_(src)
 
     def _all_reduce(self, t):
         if self.world_size > 1:
@@ -151,16 +169,17 @@ class PolicyWorker:
         mask = (np.arange(resp.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
         return mask, ~has_eos
 
-    def _forward_logits(self, prompts, prompt_mask, resp, resp_mask):
-        """Logits at the positions that predict each response token: (B, T, V)."""
+    def _forward_logits(self, prompts, prompt_mask, resp, resp_mask, model=None):
+        """Logits of ``model`` (default: the policy) at the positions predicting each response token: (B, T, V)."""
         import torch
 
         ids = torch.as_tensor(np.concatenate([prompts, resp], 1), device=self.device)
         att = torch.as_tensor(np.concatenate([prompt_mask, resp_mask], 1), device=self.device)
         pos = (att.cumsum(1) - 1).clamp(min=0)  # left padding: positions start at the first real token
         with self._autocast():
-            logits = self.model(input_ids=ids, attention_mask=att, position_ids=pos,
-                                logits_to_keep=resp.shape[1] + 1, use_cache=False).logits
+            logits = (model if model is not None else self.model)(
+                input_ids=ids, attention_mask=att, position_ids=pos, logits_to_keep=resp.shape[1] + 1,
+                use_cache=False).logits
         return logits[:, :-1], torch.as_tensor(resp, device=self.device)
 
     def log_prob(self, prompts, prompt_mask, resp, resp_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -188,12 +207,16 @@ class PolicyWorker:
         """One PPO pass per epoch over ``num_mini_batches`` mini-batches of this rank's shard.
 
         batch: prompts/prompt_mask (B, P), responses/response_mask/old_logprob/entropy (B, T), advantages (B,).
-        Every rank runs the same number of mini-batches (possibly empty) so the all-reduces line up.
+        Every rank runs the same number of mini-batches (possibly empty) so the all-reduces line up. The LR
+        schedule steps once per call (one training step, as verl), not per optimizer step.
         Returns ``(metrics, tokens)``: tokens holds (B, T) ``ratio``, ``clipped`` and ``high_entropy``
         of the last epoch, rows in batch order (for the trace).
         """
         actor = self.cfg.actor_rollout_ref.actor
+        if self.ref is not None:
+            batch = {**batch, "ref_logprob": self._ref_logprob(batch)}
         sums: dict[str, float] = {}
+        lr = self.sched.get_last_lr()[0]  # the rate this step's optimizer steps use (verl logs the same)
         self.model.train()
         for _ in range(actor.ppo_epochs):
             self._tokens = {"ratio": [], "clipped": [], "high_entropy": []}
@@ -201,13 +224,32 @@ class PolicyWorker:
                 stats = self._mini_batch({k: v[idx] for k, v in batch.items()})
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + v
+        with warnings.catch_warnings():  # torch warns when every optimizer step was skipped (non-finite)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.sched.step()
         n = actor.ppo_epochs * num_mini_batches
-        out = {k: v / n for k, v in sums.items() if k != "tokens"}
-        out["actor/lr"] = self.sched.get_last_lr()[0]
+        out = {k: v if k == "actor/skipped_updates" else v / n for k, v in sums.items()}
+        out["actor/lr"] = lr
         T = batch["responses"].shape[1]
         tokens = {k: np.concatenate(v) if v else np.zeros((0, T)) for k, v in self._tokens.items()}
         self._sync_sampler()
         return out, tokens
+
+    def _ref_logprob(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Log-prob (B, T) of the sampled tokens under the frozen initial policy (for the KL loss)."""
+        import torch
+
+        from wbtrace.dapo.algo import entropy_and_logprob
+
+        mb, temp = self.cfg.actor_rollout_ref.rollout.micro_batch_size, self.cfg.actor_rollout_ref.rollout.temperature
+        out = [np.zeros((0, batch["responses"].shape[1]), np.float32)]
+        with torch.inference_mode():
+            for i in range(0, len(batch["responses"]), mb):
+                sl = {k: batch[k][i:i + mb] for k in ("prompts", "prompt_mask", "responses", "response_mask")}
+                logits, ids = self._forward_logits(sl["prompts"], sl["prompt_mask"], sl["responses"],
+                                                   sl["response_mask"], model=self.ref)
+                out.append(entropy_and_logprob(logits, ids, temp)[1].float().cpu().numpy())
+        return np.concatenate(out)
 
     def _mini_batch(self, mb: dict[str, np.ndarray]) -> dict[str, float]:
         import torch
@@ -217,7 +259,7 @@ class PolicyWorker:
         token_mode = actor.loss_agg_mode == "token-mean"
         local = float(mb["response_mask"].sum()) if token_mode else float(len(mb["advantages"]))
         denom = float(self._all_reduce(torch.tensor([local], dtype=torch.float64, device=self.device)).item())
-        counts = {"pg_loss": 0.0, "clip": 0.0, "high": 0.0, "low": 0.0, "dual": 0.0, "ratio": 0.0, "tokens": 0.0}
+        counts = dict.fromkeys(("pg_loss", "kl_loss", "high", "low", "dual", "ratio", "tokens"), 0.0)
         self.optim.zero_grad(set_to_none=False)
         for p in self.model.parameters():  # a rank with an empty mini-batch still all-reduces every grad
             if p.grad is None:
@@ -230,15 +272,22 @@ class PolicyWorker:
             flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
             _unflatten_into(flat, grads)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), actor.grad_clip)
-        self.optim.step()
-        self.sched.step()
+        # Same all-reduced gradient on every rank, so every rank makes the same choice (verl skips too).
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optim.step()
+        else:
+            self.optim.zero_grad(set_to_none=False)
         totals = self._all_reduce(torch.tensor(list(counts.values()), dtype=torch.float64, device=self.device))
         c = dict(zip(counts, totals.tolist()))
         tok = max(c["tokens"], 1.0)
-        return {"actor/pg_loss": c["pg_loss"], "actor/clipfrac": c["clip"] / tok,
-                "actor/clipfrac_high": c["high"] / tok, "actor/clipfrac_low": c["low"] / tok,
-                "actor/dual_clipfrac": c["dual"] / tok, "actor/ratio_mean": c["ratio"] / tok,
-                "actor/grad_norm": float(grad_norm)}
+        out = {"actor/pg_loss": c["pg_loss"], "actor/clipfrac": (c["high"] + c["low"]) / tok,
+               "actor/clipfrac_high": c["high"] / tok, "actor/clipfrac_low": c["low"] / tok,
+               "actor/dual_clipfrac": c["dual"] / tok, "actor/ratio_mean": c["ratio"] / tok,
+               "actor/grad_norm": float(grad_norm), "actor/skipped_updates": float(not finite)}
+        if self.ref is not None:
+            out["actor/kl_loss"] = c["kl_loss"]
+        return out
 
     def _micro_step(self, micro: dict[str, np.ndarray], denom: float, counts: dict[str, float]) -> None:
         import torch
@@ -251,18 +300,17 @@ class PolicyWorker:
         logp = algo.logprob_of(logits, ids, temp)
         t = lambda k: torch.as_tensor(micro[k], device=self.device)  # noqa: E731
         mask = t("response_mask").float()
-        high = None
-        if actor.archer.enable:
-            high = algo.high_entropy_mask(t("entropy"), mask, actor.archer.entropy_quantile)
-        low_eps, high_eps = algo.token_clip_bounds(high, actor.clip_ratio_low, actor.clip_ratio_high,
-                                                   actor.archer.clip_ratio_low, actor.archer.clip_ratio_high)
-        loss, st = algo.policy_loss(logp, t("old_logprob"), t("advantages").float(), mask, low_eps, high_eps,
-                                    actor.clip_ratio_c)
-        total = algo.agg_loss(loss, mask, actor.loss_agg_mode, denominator=denom)
+        high = self._token_class(logits, ids, t("entropy"), mask)
+        loss, st = self._policy_loss(logp, t("old_logprob"), t("advantages").float(), mask, high)
+        total = pg = algo.agg_loss(loss, mask, actor.loss_agg_mode, denominator=denom)
+        if self.ref is not None:
+            kl = algo.agg_loss(algo.kl_penalty(logp, t("ref_logprob"), actor.kl_loss_type), mask,
+                               actor.loss_agg_mode, denominator=denom)
+            counts["kl_loss"] += float(kl.detach())
+            total = pg + actor.kl_loss_coef * kl
         total.backward()
         valid = mask.bool()
-        counts["pg_loss"] += float(total.detach())
-        counts["clip"] += float(st["clipped"].sum())
+        counts["pg_loss"] += float(pg.detach())
         counts["high"] += float(st["clip_high_hit"].sum())
         counts["low"] += float(st["clip_low_hit"].sum())
         counts["dual"] += float(st["dual_clip_hit"].sum())
@@ -270,9 +318,37 @@ class PolicyWorker:
         counts["tokens"] += float(valid.sum())
         self._tokens["ratio"].append(st["ratio"].float().cpu().numpy())
         self._tokens["clipped"].append(st["clipped"].cpu().numpy())
-        self._tokens["high_entropy"].append(
-            (high if high is not None else algo.high_entropy_mask(t("entropy"), mask, actor.archer.entropy_quantile))
-            .cpu().numpy())
+        self._tokens["high_entropy"].append(high.cpu().numpy())
+
+    def _token_class(self, logits, ids, old_entropy, mask):
+        """Archer2.0's high-entropy class (N, T): from this forward's entropy (``current``, as Archer2.0's
+        dp_actor, which recomputes it in every micro-batch) or from the rollout's old-log-prob pass."""
+        import torch
+
+        from wbtrace.dapo import algo
+
+        archer = self.cfg.actor_rollout_ref.actor.archer
+        entropy = old_entropy
+        if archer.entropy_class == "current":
+            with torch.no_grad():
+                entropy = algo.entropy_and_logprob(logits.detach(), ids,
+                                                   self.cfg.actor_rollout_ref.rollout.temperature)[0]
+        return algo.high_entropy_mask(entropy, mask, archer.entropy_quantile)
+
+    def _policy_loss(self, logp, old_logp, adv, mask, high):
+        """The per-token loss the config selects: DAPO's, or Archer2.0's (its published or older path)."""
+        from wbtrace.dapo import algo
+
+        actor = self.cfg.actor_rollout_ref.actor
+        archer = actor.archer
+        if archer.enable and archer.loss == "archer":
+            return algo.archer_policy_loss(logp, old_logp, adv, mask, high, actor.clip_ratio_low,
+                                           actor.clip_ratio_high, archer.clip_ratio_low, archer.clip_ratio_high,
+                                           actor.clip_ratio_c, actor.clip_ratio_c)
+        low_eps, high_eps = algo.token_clip_bounds(high if archer.enable else None, actor.clip_ratio_low,
+                                                   actor.clip_ratio_high, archer.clip_ratio_low,
+                                                   archer.clip_ratio_high)
+        return algo.policy_loss(logp, old_logp, adv, mask, low_eps, high_eps, actor.clip_ratio_c)
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:

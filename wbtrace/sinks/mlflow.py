@@ -329,6 +329,8 @@ class MlflowSink(TraceSink):
         self.degraded: str | None = None
         self._client: MlflowClient | None = None
         self._vocab: Any = None
+        # The writer thread (log_run/log_step) and the trainer (log_metrics) both reach _ensure_run first
+        # thing; without the lock both found no run and each created one.
         self._run_lock = threading.Lock()
 
     # -- plumbing
@@ -353,12 +355,10 @@ class MlflowSink(TraceSink):
             ) from e
 
     def _ensure_run(self) -> MlflowClient:
-        # The writer's thread (log_run, log_step) and the trainer's (log_metrics) both get here first
-        # thing: without the lock both find no run for the trace id and create one each.
         with self._run_lock:
-            return self._find_or_create()
+            return self._ensure_run_locked()
 
-    def _find_or_create(self) -> MlflowClient:
+    def _ensure_run_locked(self) -> MlflowClient:
         if self._client is not None and self.run_id is not None:
             return self._client
         if self.run_dir is None:

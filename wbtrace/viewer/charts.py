@@ -58,17 +58,23 @@ def bind_spec(spec: dict[str, Any], values: list[dict[str, Any]], fields: dict[s
     return walk(copy.deepcopy(spec))
 
 
+# Steps are integers: without a format Vega prints them as "12.000000" in tooltips.
+STEP_TOOLTIP = [{"field": "${field:step}", "type": "quantitative", "title": "step", "format": "d"}]
+
+
 def _line_fold(title: str, keys: list[str], y_title: str, colors: list[str]) -> dict[str, Any]:
     """Several columns over steps as coloured lines (fold to long form, so W&B needs one table)."""
     return {
         "$schema": SCHEMA, "title": title, "data": WANDB_DATA, "width": "container", "height": 190,
         "transform": [{"fold": [f"${{field:{k}}}" for k in keys], "as": ["series", "value"]}],
-        "mark": {"type": "line", "point": {"size": 18}, "tooltip": True},
+        "mark": {"type": "line", "point": {"size": 18}},
         "encoding": {
-            "x": {"field": "${field:step}", "type": "quantitative", "title": "step"},
+            "x": {"field": "${field:step}", "type": "quantitative", "title": "step", "axis": {"format": "d"}},
             "y": {"field": "value", "type": "quantitative", "title": y_title},
             "color": {"field": "series", "type": "nominal", "title": None,
                       "scale": {"domain": [f"${{field:{k}}}" for k in keys], "range": colors}},
+            "tooltip": STEP_TOOLTIP + [{"field": "series", "type": "nominal", "title": "series"},
+                                       {"field": "value", "type": "quantitative", "title": y_title, "format": ".4f"}],
         },
     }
 
@@ -77,7 +83,7 @@ def _percentile_bands() -> dict[str, Any]:
     spec = _line_fold("Token entropy percentiles", ["p50", "p80", "p90", "p99"], "entropy (nats)",
                       ["#fec44f", "#f56c28", "#c81e2d", "#6e0a6e"])
     band = {"mark": {"type": "area", "opacity": 0.12, "color": "#c81e2d"},
-            "encoding": {"x": {"field": "${field:step}", "type": "quantitative"},
+            "encoding": {"x": {"field": "${field:step}", "type": "quantitative", "axis": {"format": "d"}},
                          "y": {"field": "${field:p50}", "type": "quantitative"},
                          "y2": {"field": "${field:p99}"}}}
     lines = {k: spec.pop(k) for k in ("transform", "mark", "encoding")}
@@ -137,6 +143,32 @@ def _forking_tokens() -> dict[str, Any]:
     }
 
 
+def _compare_entropy() -> dict[str, Any]:
+    return {
+        "$schema": SCHEMA, "title": "${string:title}", "data": WANDB_DATA, "width": "container", "height": 220,
+        "mark": {"type": "line", "point": {"size": 18}},
+        "encoding": {
+            "x": {"field": "${field:step}", "type": "quantitative", "title": "step", "axis": {"format": "d"}},
+            "y": {"field": "${field:entropy_mean}", "type": "quantitative", "title": "mean entropy (nats)"},
+            "color": {"field": "${field:run}", "type": "nominal", "title": "run",
+                      "scale": {"domain": ["a", "b"], "range": ["#c81e2d", "#1f6feb"]}},
+            "tooltip": STEP_TOOLTIP + [{"field": "${field:run}", "type": "nominal"},
+                                       {"field": "${field:entropy_mean}", "type": "quantitative", "format": ".4f"}],
+        },
+    }
+
+
+def _static(file: str) -> Any:
+    """An analysis chart kept as a JSON file in W&B form (``static/charts/``), drawn from long rows."""
+    from importlib import resources
+
+    def load() -> dict[str, Any]:
+        spec = json.loads(resources.files("wbtrace.viewer").joinpath("static", "charts", file).read_text("utf-8"))
+        return {**spec, "$schema": SCHEMA}  # written for W&B's Vega-Lite 5.6; the viewer ships 6
+
+    return load
+
+
 BUILTIN: dict[str, Any] = {
     "entropy_percentiles": _percentile_bands,
     "share_above": lambda: _line_fold("Share of tokens above threshold", ["share_above"], "share",
@@ -148,12 +180,19 @@ BUILTIN: dict[str, Any] = {
     "entropy_by_position": _by_position,
     "entropy_correct_box": _correct_box,
     "forking_tokens": _forking_tokens,
+    "forks_trend": _static("forks_trend.json"),
+    "cov_entropy_change": _static("cov_entropy_change.json"),
+    "position_heatmap": _static("position_heatmap.json"),
+    "group_shares": _static("group_shares.json"),
+    "compare_entropy": _compare_entropy,
 }
 
 
 # Viewer chart -> W&B preset file in weave_panels/charts/ that draws the same thing from the same columns.
-# (weave_panels' entropy_histogram.json is the across-steps heatmap, a different view: not reused here.)
-WEAVE_FILES = {"entropy_percentiles": "entropy_bands.json", "entropy_by_position": "entropy_by_position.json"}
+# (weave_panels' entropy_histogram.json is the across-steps heatmap, a different view: not reused here; its
+# entropy_bands.json colours by run for W&B's multi-run workspaces, so the viewer draws its own percentile
+# chart with a p50/p80/p90/p99 legend.)
+WEAVE_FILES = {"entropy_by_position": "entropy_by_position.json"}
 
 
 def panels_dir() -> Path:

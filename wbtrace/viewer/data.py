@@ -122,10 +122,30 @@ def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str
         "logprob": b64(_flat(table, "logprob").astype(np.float16), "<f2") if "logprob" in table.column_names
         else None,
         "charts": step_charts(store, table, cols, threshold, specs, step),
+        **token_extras(table),
     }
+    from wbtrace.viewer.analyses import step_groups, step_prompt_keys
+
+    payload["groups"] = step_groups(store, step)
+    keys = step_prompt_keys(store, step)
+    if keys is not None:
+        payload["columns"]["prompt_key"] = keys
     if with_vocab:
         payload["vocab"] = vocab_payload(store, np.unique(ids))
     return payload
+
+
+def token_extras(table: pa.Table) -> dict[str, str | None]:
+    """The trainer's per-token ``ratio`` (float32, NaN where no update ran), ``clipped`` and ``high_entropy``
+    (uint8 0/1) as base64 buffers, or None where the step lacks them."""
+    out: dict[str, str | None] = {"ratio": None, "clipped": None, "high_entropy": None}
+    if "ratio" in table.column_names:
+        out["ratio"] = b64(_flat(table, "ratio").astype(np.float32), "<f4")
+    for name in ("clipped", "high_entropy"):
+        if name in table.column_names:
+            flat = pc.fill_null(pc.list_flatten(table.column(name).combine_chunks()), False)
+            out[name] = b64(flat.to_numpy(zero_copy_only=False).astype(np.uint8), "u1")
+    return out
 
 
 def vocab_payload(store: TraceStore, ids: np.ndarray) -> dict[str, Any]:

@@ -111,16 +111,23 @@ def _html_text(s: str) -> str:
     return html.escape(s, quote=True)
 
 
-def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dict, mode: str) -> dict[str, Any]:
+def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dict, mode: str,
+               compare: TraceStore | None = None) -> dict[str, Any]:
+    from wbtrace.viewer.analyses import compare_payload, run_analyses
+
     meta = run_summary(store, steps, threshold, specs)
+    meta["analyses"] = run_analyses(store, steps, threshold, specs)
+    meta["compare"] = compare_payload(store, compare, threshold, specs) if compare is not None else None
     # the JS heatmap interpolates these stops exactly like wbtrace.palette.entropy_rgb
     meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]}})
     return meta
 
 
-def build_report(trace_dir: str | Path, steps: str | None = None, threshold: float | None = None) -> str:
+def build_report(trace_dir: str | Path, steps: str | None = None, threshold: float | None = None,
+                 compare: str | Path | None = None) -> str:
     """The self-contained HTML report of ``trace_dir`` as a string (see `write_report`)."""
     store = TraceStore(trace_dir)
+    other = TraceStore(compare) if compare is not None else None
     chosen = resolve_steps(store, steps)
     total = sum(int(e.get("n_tokens", 0)) for e in store.manifest if e["step"] in set(chosen))
     if total > MAX_INLINE_TOKENS:
@@ -128,14 +135,14 @@ def build_report(trace_dir: str | Path, steps: str | None = None, threshold: flo
                     total)
     threshold = default_threshold(store) if threshold is None else threshold
     specs = chart_specs()
-    meta = build_meta(store, chosen, threshold, specs, mode="file")
+    meta = build_meta(store, chosen, threshold, specs, mode="file", compare=other)
     blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen)))]
     blocks += [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
     return render_page(meta, blocks)
 
 
 def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = None,
-                 threshold: float | None = None) -> Path:
+                 threshold: float | None = None, compare: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of ``trace_dir`` to ``out`` and return its path.
 
     Parameters
@@ -148,10 +155,12 @@ def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = Non
         ``"7"``, ``"1,5,9"``, ``"A:B"`` or ``"last"``; default: the latest steps within ~4.5M tokens.
     threshold : float, optional
         Entropy threshold (nats) for "forking" tokens; default: the trace's own (0.672).
+    compare : str or Path, optional
+        A second trace to show beside this one (the Compare tab).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    html_text = build_report(trace_dir, steps, threshold)
+    html_text = build_report(trace_dir, steps, threshold, compare)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(html_text, encoding="utf-8")
     tmp.replace(out)

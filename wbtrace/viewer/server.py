@@ -3,6 +3,11 @@
 For traces too big for one HTML file: the page carries only the run summary; each step's payload
 (`wbtrace.viewer.data.step_payload`, with its own vocabulary slice) is built when the browser asks for
 ``api/step/<N>`` and cached for the last few steps. Standard library only; binds loopback by default.
+
+With ``follow`` (``wbtrace view --serve --follow``) the page polls ``api/meta``; the app re-reads the
+manifest at most every ``poll_s`` seconds (after calling ``refresh``, e.g. a pull from a remote source)
+and rebuilds the run summary only when new steps were committed. Memory stays bounded: the summary plus
+``cache_steps`` encoded steps; committed steps never change, so cached ones stay valid.
 """
 
 from __future__ import annotations
@@ -11,12 +16,15 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from wbtrace.palette import STOPS
 from wbtrace.store import TraceStore
 from wbtrace.viewer.charts import chart_specs
 from wbtrace.viewer.data import step_payload
@@ -30,16 +38,52 @@ class ViewerApp:
     """The pages and step payloads of one trace, with a small LRU of encoded steps."""
 
     def __init__(self, trace_dir: str | Path, steps: str | None = None, threshold: float | None = None,
-                 cache_steps: int = 3) -> None:
+                 cache_steps: int = 3, *, follow: bool = False, poll_s: float = 2.0,
+                 refresh: Callable[[], Any] | None = None, compare: str | Path | None = None) -> None:
         self.store = TraceStore(trace_dir)
-        self.steps = resolve_steps(self.store, steps, budget=None)
+        self.follow, self.poll_s, self.refresh, self._spec = follow, poll_s, refresh, steps
+        self.compare = TraceStore(compare) if compare is not None else None
+        self.steps = self._resolve()
         self.threshold = default_threshold(self.store) if threshold is None else threshold
         self.specs = chart_specs()
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._cache_steps = cache_steps
         self._lock = threading.Lock()
-        self.index = render_page(build_meta(self.store, self.steps, self.threshold, self.specs, "serve"),
-                                 []).encode("utf-8")
+        self._checked = time.monotonic()
+        meta = self._meta()
+        self.meta = json.dumps(meta, separators=(",", ":"), allow_nan=False).encode()
+        self.index = render_page(meta, []).encode("utf-8")
+
+    def _resolve(self) -> list[int]:
+        if self.follow and self._spec is None:
+            return list(self.store.steps)  # may be empty: the page waits for the first step
+        return resolve_steps(self.store, self._spec, budget=None)
+
+    def _meta(self) -> dict[str, Any]:
+        if not self.steps:
+            return {"mode": "serve", "follow": True, "poll_s": self.poll_s, "steps": [], "all_steps": [],
+                    "manifest": [], "run": {}, "run_dir": str(self.store.run_dir), "charts": {},
+                    "threshold": self.threshold, "analyses": {}, "compare": None,
+                    "color_scale": {"stops": [[h, list(rgb)] for h, rgb in STOPS]}}
+        meta = build_meta(self.store, self.steps, self.threshold, self.specs, "serve", compare=self.compare)
+        return {**meta, "follow": self.follow, "poll_s": self.poll_s}
+
+    def meta_json(self) -> bytes:
+        """The run summary; in follow mode re-read (and rebuilt when steps were added) at most every poll_s."""
+        if not self.follow or time.monotonic() - self._checked < self.poll_s:
+            return self.meta
+        with self._lock:
+            self._checked = time.monotonic()
+            if self.refresh is not None:
+                try:
+                    self.refresh()
+                except Exception as e:  # noqa: BLE001  (a source that is down must not stop the page)
+                    log.warning("refresh failed: %s", e)
+            steps = self._resolve()
+            if steps != self.steps:
+                self.steps = steps
+                self.meta = json.dumps(self._meta(), separators=(",", ":"), allow_nan=False).encode()
+            return self.meta
 
     def step_json(self, step: int) -> bytes | None:
         if step not in self.steps:
@@ -63,6 +107,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             return self._send(200, "text/html; charset=utf-8", self.app.index)
+        if path == "/api/meta":
+            return self._send(200, "application/json", self.app.meta_json())
         m = _STEP_PATH.match(path)
         body = self.app.step_json(int(m.group(1))) if m else None
         if body is None:

@@ -58,7 +58,10 @@
     addVocab(p.vocab);
     return { step: p.step, n: p.n, cols: p.columns, charts: p.charts, threshold: p.threshold,
              offsets: new Int32Array(b64bytes(p.offsets).buffer), ids: new Int32Array(b64bytes(p.token_ids).buffer),
-             ent: f16(p.entropy), lp: p.logprob ? f16(p.logprob) : null, groups: groupIndex(p.columns) };
+             ent: f16(p.entropy), lp: p.logprob ? f16(p.logprob) : null, groups: groupIndex(p.columns),
+             ratio: p.ratio ? new Float32Array(b64bytes(p.ratio).buffer) : null,
+             clipped: p.clipped ? b64bytes(p.clipped) : null, high: p.high_entropy ? b64bytes(p.high_entropy) : null,
+             groupRows: p.groups || null };
   }
 
   function groupIndex(cols) { // group id -> row indices ordered by sample id
@@ -313,6 +316,7 @@
     renderList(false);
     renderDetailHead(d, r);
     renderTokens(d, r);
+    renderPromptHistory(d, r);
   }
 
   function groupNav(d, r) {
@@ -376,7 +380,11 @@
     // newlines stay line breaks but get a visible mark, so their colour can be seen
     s.textContent = text === "" ? "∅" : text.includes("\n") ? text.replace(/\n/g, "↵\n") : text;
     s.style.backgroundColor = rgb(col);
-    if (isDark(col)) s.className = "dark";
+    const cls = [];
+    if (isDark(col)) cls.push("dark");
+    if (d.high && d.high[i]) cls.push("hi");
+    if (d.clipped && d.clipped[i]) cls.push("clip");
+    if (cls.length) s.className = cls.join(" ");
     s.dataset.i = String(pos);
     s.dataset.h = h.toFixed(4);
     return s;
@@ -394,6 +402,9 @@
       const row = (k, v) => { const e = el("div", "tt-row"); e.appendChild(el("span", null, k)); e.appendChild(el("span", null, v)); tip.appendChild(e); };
       row("entropy", d.ent[i].toFixed(4) + " nats");
       if (d.lp) { row("log-prob", d.lp[i].toFixed(4)); row("prob", Math.exp(d.lp[i]).toFixed(4)); }
+      if (d.ratio) row("ratio", Number.isNaN(d.ratio[i]) ? "–" : d.ratio[i].toFixed(4));
+      if (d.clipped) row("clipped", d.clipped[i] ? "yes" : "no");
+      if (d.high) row("high-entropy", d.high[i] ? "yes" : "no");
       row("token id", d.ids[i]);
       row("position", pos + " / " + (d.offsets[r + 1] - d.offsets[r]));
       tip.hidden = false;
@@ -417,7 +428,7 @@
     lg.appendChild(el("span", null, "0"));
     lg.appendChild(ramp);
     lg.appendChild(el("span", null, H_TOP + "+"));
-    lg.appendChild(el("span", "muted", "· hover a token for entropy, log-prob, id"));
+    lg.appendChild(el("span", "muted", "· hover a token for entropy, log-prob, ratio, id · underlined: high-entropy (trainer) · dashed box: clipped"));
   }
 
   // ---------- CSV export (client side) ----------
@@ -458,6 +469,89 @@
                   d.lp ? d.lp[i] : null].map(csvField).join(","));
     }
     download("wbtrace_step" + d.step + "_sample" + d.cols.sample_id[r] + "_tokens.csv", lines);
+  }
+
+  // ---------- analysis views (rows computed by wbtrace.analysis; every cell via textContent) ----------
+  function table(host, cols, rows, onClick) { // cols: [[key, title, digits or "txt"]]
+    host.replaceChildren();
+    if (!rows || !rows.length) { host.appendChild(el("div", "empty", "no rows")); return; }
+    const t = el("table"), head = el("tr");
+    for (const [, title, d] of cols) head.appendChild(el("th", d === "txt" ? "txt" : null, title));
+    t.appendChild(head);
+    for (const r of rows) {
+      const tr = el("tr", onClick ? "click" : null);
+      for (const [k, , d] of cols) {
+        const v = typeof k === "function" ? k(r) : r[k];
+        tr.appendChild(el("td", d === "txt" ? "txt" : null, d === "txt" ? (v === null || v === undefined ? "–" : String(v)) : d === "%" ? (v === null || v === undefined ? "–" : (100 * v).toFixed(1) + "%") : fmt(v, d)));
+      }
+      if (onClick) tr.addEventListener("click", () => onClick(r));
+      t.appendChild(tr);
+    }
+    host.appendChild(t);
+  }
+
+  function renderAnalyses() {
+    const a = meta.analyses || {};
+    if (a.forks) {
+      embed("forks_trend", a.forks.chart);
+      table($("forks-table"), [["label", "token", "txt"], ["count", "count", 0], ["forks", "forks", 0],
+        ["fork_share", "fork share", "%"], ["entropy_mean", "mean H", 3], ["fork_entropy_mean", "mean H of forks", 3]], a.forks.top);
+    }
+    if (a.cov) {
+      embed("cov_entropy_change", a.cov.chart);
+      table($("cov-table"), [["step", "step", 0], ["n_tokens", "tokens", 0], ["cov_mean", "cov", 4], ["entropy_mean", "H", 3],
+        ["entropy_change", "dH next", 4], ["clip_cov_candidates", "Clip-Cov cand.", 0], ["reward_mean", "reward", 3]], a.cov.rows,
+        (r) => showStep(r.step));
+      const f = a.cov.fit;
+      $("cov-fit").textContent = f && f.a !== null
+        ? "R = -a·exp(H) + b over " + f.n + " steps: a = " + f.a.toPrecision(4) + ", b = " + f.b.toPrecision(4) + ", rmse = " + f.rmse.toPrecision(3) + (f.r2 === null ? "" : ", r² = " + f.r2.toFixed(3))
+        : "R = -a·exp(H) + b: not enough steps with reward.";
+    } else {
+      embed("cov_entropy_change", null);
+      $("cov-fit").textContent = "The trace has no log-probs or advantages: no covariance.";
+    }
+    if (a.positions) {
+      embed("position_heatmap", a.positions.chart);
+      table($("end-table"), [["step", "step", 0], ["n_high", "tokens > thr", 0], ["n_high_tail", "in last 10%", 0],
+        ["end_share", "end share", "%"]], a.positions.end_share);
+    }
+    if (a.groups) embed("group_shares", a.groups.chart); else embed("group_shares", null);
+    const c = meta.compare;
+    if (c) {
+      $("compare-note").textContent = "a = " + meta.run_dir + " · b = " + c.run_dir_b;
+      embed("compare_entropy", c.chart);
+      table($("compare-table"), [["step", "step", 0], ["entropy_mean_a", "H a", 3], ["entropy_mean_b", "H b", 3],
+        ["reward_mean_a", "reward a", 3], ["reward_mean_b", "reward b", 3],
+        [(r) => { const o = c.overlap.find((x) => x.step === r.step); return o ? o.jaccard : null; }, "fork overlap", "%"]], c.curves);
+    }
+  }
+
+  function renderStepGroups(d) {
+    table($("groups-table"), [["group_id", "group", "txt"], ["n", "n", 0], [(r) => (r.rewards || []).map((x) => fmt(x, 2)).join(" "), "rewards", "txt"],
+      ["n_correct", "correct", 0], [(r) => (r.zero_spread ? "yes" : r.zero_spread === false ? "no" : "–"), "zero spread", "txt"],
+      [(r) => (r.kept ? "kept" : "filtered"), "status", "txt"], ["reward_mean", "mean R", 3],
+      [(r) => (r.entropy_mean || []).map((x) => fmt(x, 2)).join(" "), "mean H per response", "txt"], ["pass_at_k", "pass@k", "%"]],
+      d.groupRows, (r) => { $("f-group").value = String(r.group_id); applyFilters(); });
+  }
+
+  function renderPromptHistory(d, r) {
+    const p = (meta.analyses || {}).prompts, note = $("prompt-note");
+    if (!p || !d.cols.prompt_key) { note.textContent = "The trace has no prompt text, prompt ids or prompt index."; return; }
+    const key = d.cols.prompt_key[r];
+    const rows = p.rows.filter((x) => x.key === key);
+    note.textContent = "Prompt (matched by " + p.matched_by + "): " + String(key).slice(0, 200) + (p.truncated ? " · list truncated" : "");
+    table($("prompt-table"), [["step", "step", 0], ["n", "responses", 0], ["entropy_mean", "mean H", 3],
+      ["reward_mean", "mean reward", 3], ["accuracy", "accuracy", "%"]], rows, (x) => showStep(x.step));
+  }
+
+  function setupTabs() {
+    for (const b of document.querySelectorAll("#tabs button")) {
+      b.addEventListener("click", () => {
+        for (const o of document.querySelectorAll("#tabs button")) o.classList.toggle("on", o === b);
+        for (const t of document.querySelectorAll("#analyses .tab")) t.hidden = t.id !== "tab-" + b.dataset.tab;
+        window.dispatchEvent(new Event("resize")); // charts in a tab that was hidden size themselves now
+      });
+    }
   }
 
   // ---------- wiring ----------
@@ -508,10 +602,42 @@
     dl.replaceChildren();
     for (const g of d.groups.keys()) dl.appendChild(new Option(String(g)));
     for (const name of ["entropy_histogram", "entropy_by_position", "entropy_correct_box", "forking_tokens"]) embed(name, d.charts[name]);
+    renderStepGroups(d);
     applyFilters();
     if (state.order.length) selectResponse(state.order[0]);
     precomputeStrips(d);
     document.body.dataset.step = String(step);
+  }
+
+  function renderRunCharts() {
+    for (const name of ["entropy_percentiles", "share_above", "entropy_correct_incorrect"]) embed(name, meta.charts[name]);
+  }
+
+  // ---------- live: --serve --follow polls the run summary and adds the steps that were committed ----------
+  function follow() {
+    let busy = false;
+    setInterval(async () => {
+      if (busy) return;
+      busy = true;
+      try {
+        const r = await fetch("api/meta");
+        if (!r.ok) return;
+        const m = await r.json();
+        if (m.steps.length === meta.steps.length && m.steps.every((s, i) => s === meta.steps[i])) return;
+        const fresh = m.steps.filter((s) => !meta.steps.includes(s));
+        Object.assign(meta, m);
+        const sel = $("step-select");
+        for (const s of fresh) sel.appendChild(new Option(String(s), String(s)));
+        renderRunCharts();
+        renderAnalyses();
+        if (state.step === null && meta.steps.length) await showStep(meta.steps[meta.steps.length - 1]);
+        document.body.dataset.nsteps = String(meta.steps.length);
+      } catch (e) {
+        document.body.dataset.followError = String(e);
+      } finally {
+        busy = false;
+      }
+    }, Math.max(250, 1000 * (meta.poll_s || 2)));
   }
 
   async function main() {
@@ -520,8 +646,13 @@
     renderLegend();
     setupControls();
     setupTooltip();
-    for (const name of ["entropy_percentiles", "share_above", "entropy_correct_incorrect"]) embed(name, meta.charts[name]);
-    await showStep(meta.steps[meta.steps.length - 1]);
+    setupTabs();
+    if (meta.steps.length) {
+      renderAnalyses();
+      renderRunCharts();
+      await showStep(meta.steps[meta.steps.length - 1]);
+    }
+    if (meta.follow) follow();
     document.body.dataset.ready = "1";
   }
 
