@@ -43,12 +43,8 @@ def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: flo
     if follow and not serve:
         raise click.UsageError("--follow needs --serve (a file cannot change once written)")
     if not serve:
-<<<<<<< HEAD
-        out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold)
-=======
-        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold,
+        out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold,
                            compare=compare)
->>>>>>> main
         click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if open_browser:
             webbrowser.open(out.resolve().as_uri())
