@@ -131,16 +131,38 @@ def test_two_gloo_workers_compute_the_single_worker_gradient(ray_address):  # no
     assert stats[1]["actor/pg_loss"] == pytest.approx(stats[0]["actor/pg_loss"], rel=1e-5)
 
 
-def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, ray_address):  # noqa: F811
+def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, ray_address, monkeypatch):  # noqa: F811
+    import base64
+    import hashlib
+    import shutil
+
     import mlflow
 
+    from wbtrace.sources.wandb_file import read_run_log
+    from wbtrace.sources.wandb_offline import find_wandb_file
+    from wbtrace.sources.wandb_sync import relocate
+
     out = tmp_path / "run"
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "scratch"))  # the trainer puts the W&B run there
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.total_training_steps=1",
                                        f"trainer.output_dir={out}", "trainer.logger=[console,wandb]",
                                        "trainer.wandb.mode=offline", "trainer.entropy_trace.mlflow.enable=true"])
     assert result.exit_code == 0, result.output
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    assert not (out / "wandb").exists()
+    (run_dir,) = (tmp_path / "scratch" / "wandb").glob("offline-run-*")
     assert (run_dir / "wbtrace" / "steps" / "step_000001.parquet").is_file()
+    assert [p for p in (tmp_path / "home").rglob("*") if p.is_file() and ".local" in p.parts] == []
+    moved = tmp_path / "other-host" / run_dir.name  # copied to another host's path, then prepared for sync
+    shutil.copytree(run_dir, moved)
+    shutil.rmtree(run_dir)
+    assert relocate(moved).moved > 0
+    entries = [e for a in read_run_log(find_wandb_file(moved)).artifacts for e in a.entries]
+    assert {"steps/step_000001.parquet", "preview.table.json", "heatmap.table.json"} <= {e.path for e in entries}
+    for e in entries:
+        path = Path(e.local_path)
+        assert path.is_relative_to(moved)
+        assert base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode() == e.digest
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'entropy_trace' / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("wbtrace").experiment_id])
     assert run.info.run_name == "dapo"

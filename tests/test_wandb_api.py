@@ -162,3 +162,65 @@ def test_safe_join_refuses_escaping_names(tmp_path):
     for bad in ("../x", "/etc/passwd", "steps/../../x"):
         with pytest.raises(SourceError, match="leaves its folder"):
             safe_join(tmp_path, bad)
+
+
+def _unreachable_wandb(monkeypatch, tmp_path):
+    """A real `wandb.Api` whose server (a closed port on 127.0.0.1) never answers."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "cfg"))
+    monkeypatch.setenv("WANDB_API_KEY", "local-" + "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.contract
+@pytest.mark.parametrize("argv", [["charts", "install", "--entity", "me"],
+                                  ["workspace", "--entity", "me", "--project", "dapo", "--run", "abc"]])
+def test_contract_commands_against_a_failing_api_are_one_line(monkeypatch, tmp_path, argv):
+    _unreachable_wandb(monkeypatch, tmp_path)
+    res = CliRunner().invoke(main, [*argv, "--timeout", "2"])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot reach W&B:") and "Traceback" not in res.output
+
+
+class FakeChartsApi:
+    """`wandb.Api`'s ``create_custom_chart`` as a server answers it: ``entity/name``, a refusal, or exists."""
+
+    def __init__(self, existing: set[str], refuse: set[str]) -> None:
+        self.existing, self.refuse, self.created = existing, refuse, []
+
+    def create_custom_chart(self, entity, name, display_name, spec_type, access, spec):
+        assert spec_type == "vega2" and spec["data"] == {"name": "wandb"}
+        if name in self.refuse:
+            raise wandb.errors.CommError("permission denied for entity me")
+        if name in self.existing:
+            raise wandb.errors.CommError(f"custom chart {entity}/{name} already exists")
+        self.created.append(name)
+        self.existing.add(name)
+        return f"{entity}/{name}"
+
+
+@pytest.mark.contract
+def test_contract_charts_install_is_create_or_keep_and_reports_a_refusal(monkeypatch):
+    from weave_panels import CHARTS
+
+    api = FakeChartsApi(existing={"wbtrace-entropy-bands"}, refuse=set())
+    monkeypatch.setattr(wandb, "Api", lambda **kw: api)
+    res = CliRunner().invoke(main, ["charts", "install", "--entity", "me"])
+    assert res.exit_code == 0, res.output
+    assert [x for x in res.output.splitlines() if not x.endswith("kept")] == [f"me/{n}" for n in CHARTS]
+    assert "me/wbtrace-entropy-bands exists: kept" in res.output
+    again = CliRunner().invoke(main, ["charts", "install", "--entity", "me"])  # re-run: all kept
+    assert again.exit_code == 0 and again.output.count("kept") == len(CHARTS)
+    api = FakeChartsApi(existing=set(), refuse={"wbtrace-entropy-by-position"})
+    monkeypatch.setattr(wandb, "Api", lambda **kw: api)
+    bad = CliRunner().invoke(main, ["charts", "install", "--entity", "me"])
+    assert bad.exit_code == 2
+    err = bad.output.strip().splitlines()[-1]
+    assert err.startswith("Error: W&B refused chart wbtrace-entropy-by-position (installed before it: "
+                          "wbtrace-entropy-bands, wbtrace-entropy-histogram): CommError: permission denied")

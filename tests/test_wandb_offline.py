@@ -27,18 +27,21 @@ EVIL = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a", "\n"
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory):
-    """One offline run with N_STEPS steps written through TraceWriter + WandbSink."""
+    """One offline run with N_STEPS steps written through TraceWriter + WandbSink, with HOME moved."""
     from wbtrace.sinks.wandb import WandbSink
 
     mp = pytest.MonkeyPatch()
-    mp.setenv("WANDB_SILENT", "true")
     root = tmp_path_factory.mktemp("wb")
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("HOME", str(root / "home"))  # whatever W&B puts in ~/.local/share/wandb lands here
+    mp.delenv("WANDB_DATA_DIR", raising=False)
     sink = WandbSink(project="wbtrace-test", mode="offline", dir=str(root / "wb"), preview_rows=4)
     rng = np.random.default_rng(0)
     with TraceWriter(root / "trace", vocab=EVIL, sinks=[sink]) as w:
         for step in range(1, N_STEPS + 1):
             w.write_step(step, token_ids=rng.integers(0, 4, (6, 9)), response_mask=np.ones((6, 9)),
-                         entropy=rng.random((6, 9)) * 2, reward=rng.random(6))
+                         entropy=rng.random((6, 9)) * 14, reward=rng.random(6),
+                         group_id=np.repeat(np.arange(3), 2), correct=rng.random(6) > 0.5)
     sink.finish()
     sink.finish()  # safe twice
     mp.undo()
@@ -49,10 +52,11 @@ def _md5(path: Path) -> str:
     return base64.b64encode(hashlib.md5(path.read_bytes()).digest()).decode()
 
 
-def test_wandb_file_holds_one_artifact_per_step(logged):
+def test_wandb_file_holds_one_artifact_per_step_with_its_tables(logged):
     trace, run_dir, run_id = logged
     log = read_run_log(find_wandb_file(run_dir))
-    arts = [a for a in log.artifacts if a.name == f"wbtrace-{run_id}"]
+    assert {a.name for a in log.artifacts} == {f"wbtrace-{run_id}"}  # no run_table artifacts pile up
+    arts = log.artifacts
     assert len(arts) == N_STEPS
     assert [next(x for x in a.aliases if x.startswith("step-")) for a in arts] == [f"step-{i}" for i in (1, 2, 3)]
     store = TraceStore(trace)
@@ -61,14 +65,27 @@ def test_wandb_file_holds_one_artifact_per_step(logged):
         assert a.type == "entropy-trace" and a.metadata["schema_version"] == 1
         assert a.metadata["n_tokens"] == 54
         files = {e.path: e for e in a.entries}
-        assert set(files) == {f"steps/step_{step:06d}.parquet", "run.json", "vocab.parquet"}
+        html = {p for p in files if p.startswith("media/html/")}
+        assert set(files) - html == {f"steps/step_{step:06d}.parquet", "run.json", "vocab.parquet",
+                                     "preview.table.json", "heatmap.table.json"}
+        assert len(html) == 4  # one file per preview cell
+        for e in files.values():  # self-contained: every file inside the run dir, as the digest says
+            assert Path(e.local_path).is_relative_to(run_dir) and _md5(Path(e.local_path)) == e.digest
         local = Path(files[f"steps/step_{step:06d}.parquet"].local_path)
-        assert local.is_relative_to(run_dir)  # self-contained run dir
         assert local.read_bytes() == store.step_path(step).read_bytes()
-        assert files[f"steps/step_{step:06d}.parquet"].digest == _md5(store.step_path(step))
+        preview = json.loads(Path(files["preview.table.json"].local_path).read_text())
+        assert preview["columns"][-2:] == ["artifact", "tokens"]
+        assert {r[-2] for r in preview["data"]} == {f"wbtrace-{run_id}:step-{step}"}
+        assert {r[-1]["path"] for r in preview["data"]} == html
 
 
-def test_history_holds_the_statistics(logged):
+def test_nothing_lands_outside_the_run_dir(logged):
+    home = logged[1].parents[2] / "home"
+    assert (home / ".local" / "share" / "wandb" / "artifacts" / "staging").is_dir()  # W&B did stage there...
+    assert [p for p in home.joinpath(".local").rglob("*") if p.is_file()] == []  # ...and nothing was left
+
+
+def test_history_holds_scalars_and_the_whole_histogram(logged):
     trace, run_dir, _ = logged
     rows = [h for h in read_run_log(find_wandb_file(run_dir)).history if "trace/step" in h]
     assert [r["trace/step"] for r in rows] == [1, 2, 3]
@@ -76,11 +93,33 @@ def test_history_holds_the_statistics(logged):
     for r in rows:
         for key in ("entropy_p50", "entropy_p99", "share_above", "response_length_mean", "reward_mean"):
             assert r[f"trace/{key}"] == pytest.approx(manifest[r["trace/step"]][key])
+        bins = [r[f"trace_hist/b{i:02d}"] for i in range(24)]
+        assert sum(bins) == 54 and bins[-1] > 0  # no token lost: entropies up to 14 nats land in the overflow bin
+        # nested values come as key parts joined by "/"
+        assert r["trace/entropy_hist/_type"] == "histogram" and sum(r["trace/entropy_hist/values"]) == 54
+        assert r["trace/entropy_hist/bins"][-1] == pytest.approx(manifest[r["trace/step"]]["entropy_max"], abs=0.01)
+        assert not any(isinstance(v, dict) and "table" in str(v.get("_type")) for v in r.values())
+
+
+def test_heatmap_rows_contrast_best_and_worst_of_groups(logged):
+    from wbtrace.sinks.wandb_rows import HEATMAP_COLUMNS, heatmap_rows
+
+    trace, _, _ = logged
+    table = TraceStore(trace).read_step(1)
+    rows = heatmap_rows(table, None, n_groups=2)
+    at = {c: i for i, c in enumerate(HEATMAP_COLUMNS)}
+    reward, group = table.column("reward").to_pylist(), table.column("group_id").to_pylist()
+    spread = {g: max(r for r, gg in zip(reward, group) if gg == g) - min(r for r, gg in zip(reward, group) if gg == g)
+              for g in set(group)}
+    top2 = sorted(spread, key=lambda g: -spread[g])[:2]
+    shown = {(r[at["group_id"]], r[at["sample_id"]]) for r in rows}
+    assert {g for g, _ in shown} == set(top2) and len(shown) == 4  # best and worst of each
+    assert all(r[at["label"]].startswith(f"g{r[at['group_id']]} #{r[at['sample_id']]} r=") for r in rows)
 
 
 def test_preview_html_escapes_tokens(logged):
     from wbtrace.render_html import token_spans_html
-    from wbtrace.sinks.wandb import PREVIEW_COLUMNS, preview_rows
+    from wbtrace.sinks.wandb_rows import PREVIEW_COLUMNS, preview_rows
 
     trace, _, _ = logged
     store = TraceStore(trace)
@@ -153,13 +192,135 @@ def test_workspace_json_loads_back():
     json.loads(res.output)
     ws = load_workspace_json(res.output)
     assert (ws.entity, ws.project) == ("me", "dapo")
-    assert sum(len(s.panels) for s in ws.sections) == 11
+    charts = [p for s in ws.sections for p in s.panels if type(p).__name__ == "CustomChart"]
+    assert len(charts) == 3 and all(c.chart_name.startswith("me/wbtrace-") for c in charts)
+    spec = json.loads(res.output)
+    ids = [p["config"]["panelDefId"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]
+           for p in s["panels"] if p.get("viewType") == "Vega2"] if "spec" in spec else []
+    assert all(i.startswith("me/") for i in ids)
+    with_run = CliRunner().invoke(main, ["workspace", "--entity", "me", "--project", "dapo", "--run", "abc123",
+                                         "--chart-entity", "team", "--json"])
+    assert with_run.exit_code == 0 and "wbtrace-abc123" in with_run.output and "team/wbtrace-entropy-bands" in with_run.output
 
 
-def test_chart_specs_are_wandb_custom_charts():
+def test_chart_specs_are_wandb_custom_charts_on_the_palette_scale():
+    from wbtrace.palette import STOPS, entropy_hex
     from weave_panels import CHARTS, load_spec
 
     for name in CHARTS:
         spec = load_spec(name)
         assert spec["data"] == {"name": "wandb"}
-        assert "${field:" in json.dumps(spec)
+        assert "${field:run}" in json.dumps(spec)  # several runs compare side by side
+    scale = load_spec("wbtrace-token-heatmap")["encoding"]["color"]["scale"]
+    assert scale["domain"] == [h for h, _ in STOPS] and scale["range"] == [entropy_hex(h) for h, _ in STOPS]
+    assert scale["interpolate"] == "rgb"  # palette.py interpolates in RGB
+
+
+def test_writer_rewrites_a_log_byte_for_byte(logged):
+    import io
+
+    from wbtrace.sources.wandb_file import write_payloads
+
+    data = find_wandb_file(logged[1]).read_bytes()
+    out = io.BytesIO()
+    write_payloads(iter_payloads(data), out)
+    assert out.getvalue() == data  # same blocks, padding and crcs as wandb-core writes
+
+
+@pytest.mark.contract
+def test_contract_moved_run_is_prepared_for_wandb_sync(logged, tmp_path, monkeypatch):
+    """Copied to another path (and HOME) the run's log names only files under the new dir; stops at the
+    server boundary: `wandb sync --dry-run` accepts the run."""
+    import subprocess
+    import sys
+
+    _, run_dir, run_id = logged
+    moved = tmp_path / "login-node" / run_dir.name
+    shutil.copytree(run_dir, moved)
+    monkeypatch.setenv("HOME", str(tmp_path / "other-home"))
+    runner = CliRunner()
+    res = runner.invoke(main, ["sync", str(moved), "--prepare-only"])
+    assert res.exit_code == 0, res.output
+    assert "27 artifact files found" in res.output and "re-pointed 27" in res.output
+    entries = [e for a in read_run_log(find_wandb_file(moved)).artifacts for e in a.entries]
+    assert len(entries) == 27
+    for e in entries:
+        path = Path(e.local_path)
+        assert path.is_relative_to(moved) and path.is_file() and _md5(path) == e.digest
+    assert str(run_dir) not in find_wandb_file(moved).read_bytes().decode("latin-1")
+    assert (moved / f"run-{run_id}.wandb.orig").is_file()
+    again = runner.invoke(main, ["sync", str(moved), "--prepare-only"])
+    assert again.exit_code == 0 and "re-pointed 0" in again.output  # idempotent
+    dry = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(moved)], capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert dry.returncode == 0 and f"run-{run_id}.wandb" in dry.stdout + dry.stderr
+    via_wbtrace = runner.invoke(main, ["sync", str(moved), "--dry-run"])  # options pass through to wandb sync
+    assert via_wbtrace.exit_code == 0 and "would re-point 0" in via_wbtrace.output
+
+
+def test_sync_refuses_a_run_whose_files_are_missing(logged, tmp_path):
+    _, run_dir, _ = logged
+    moved = tmp_path / run_dir.name
+    shutil.copytree(run_dir, moved)
+    next((moved / "wbtrace" / "tables").rglob("*.html")).unlink()
+    before = find_wandb_file(moved).read_bytes()
+    res = CliRunner().invoke(main, ["sync", str(moved), "--prepare-only"])
+    assert res.exit_code == 2 and res.output.startswith("Error: artifact wbtrace-") and "media/html/" in res.output
+    assert find_wandb_file(moved).read_bytes() == before  # nothing written
+
+
+def test_history_bytes_per_row_do_not_grow_with_the_step(tmp_path, monkeypatch):
+    """200 steps: history and summary records at step 200 cost what they cost at step 10 (linear log)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    from wbtrace.sinks.wandb import WandbSink
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sink = WandbSink(project="wbtrace-test", mode="offline", dir=str(tmp_path / "wb"), preview_rows=1)
+    rng = np.random.default_rng(1)
+    with TraceWriter(tmp_path / "trace", vocab=EVIL, sinks=[sink]) as w:
+        for step in range(1, 201):
+            w.write_step(step, token_ids=rng.integers(0, 4, (4, 5)), response_mask=np.ones((4, 5)),
+                         entropy=rng.random((4, 5)) * 3, reward=rng.random(4), group_id=np.repeat(np.arange(2), 2))
+    sink.finish()
+    sizes: dict[str, list[int]] = {"history": [], "summary": []}
+    for payload in iter_payloads(find_wandb_file(Path(sink.run.settings.sync_dir)).read_bytes()):
+        r = pb.Record()
+        r.ParseFromString(payload)
+        if r.WhichOneof("record_type") == "history":
+            sizes["history"].append(len(payload))
+        elif r.WhichOneof("record_type") == "summary" and len(payload) > 200:
+            sizes["summary"].append(len(payload))
+    for kind in ("history", "summary"):
+        assert len(sizes[kind]) >= 200
+        assert sizes[kind][199] == pytest.approx(sizes[kind][9], rel=0.05), kind
+
+
+def test_file_reference_artifacts_pull_back_byte_identical(tmp_path, monkeypatch):
+    """reference_uri: W&B keeps the trace files' digests, not their bytes; pull reads them where they point."""
+    from wbtrace.sinks.wandb import WandbSink
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trace = tmp_path / "shared-fs" / "trace"
+    sink = WandbSink(project="wbtrace-test", mode="offline", dir=str(tmp_path / "wb"), preview_rows=2,
+                     reference_uri=trace.as_uri())
+    rng = np.random.default_rng(2)
+    with TraceWriter(trace, vocab=EVIL, sinks=[sink]) as w:
+        for step in (1, 2):
+            w.write_step(step, token_ids=rng.integers(0, 4, (4, 6)), response_mask=np.ones((4, 6)),
+                         entropy=rng.random((4, 6)), reward=rng.random(4))
+    sink.finish()
+    run_dir = Path(sink.run.settings.sync_dir)
+    art = read_run_log(find_wandb_file(run_dir)).artifacts[0]
+    refs = {e.path: e.ref for e in art.entries if e.ref}
+    assert refs == {"steps/step_000001.parquet": f"{trace.as_uri()}/steps/step_000001.parquet",
+                    "run.json": f"{trace.as_uri()}/run.json", "vocab.parquet": f"{trace.as_uri()}/vocab.parquet"}
+    assert not (run_dir / "wbtrace" / "steps").exists()  # the bytes were not copied into the run
+    out = pull_offline(run_dir, StepSpec.parse(all=True), tmp_path / "pulled")
+    store, orig = TraceStore(out), TraceStore(trace)
+    assert store.steps == [1, 2]
+    for s in store.steps:
+        assert store.step_path(s).read_bytes() == orig.step_path(s).read_bytes()
+    orig.step_path(2).write_bytes(orig.step_path(1).read_bytes())  # changed after logging: refused
+    with pytest.raises(SourceError, match="changed since it was logged"):
+        pull_offline(run_dir, StepSpec.parse([2]), tmp_path / "again")

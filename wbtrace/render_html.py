@@ -7,6 +7,7 @@ included, so it always shows as text.
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 from collections.abc import Sequence
@@ -59,18 +60,26 @@ def token_spans_html(
     """
     if len(tokens) != len(entropies):
         raise ValueError(f"{len(tokens)} tokens but {len(entropies)} entropies")
-    spans = []
-    for text, h in zip(tokens, entropies, strict=True):
-        h = float("nan") if h is None else float(h)
-        style = f"background:{entropy_color(h)}"
-        if threshold is not None and h >= threshold:
-            style += ";text-decoration:underline"
-        title = "H=nan" if math.isnan(h) else f"H={h:.3f}"
-        spans.append(f'<span style="{style}" title="{title}">{html.escape(_visible(str(text)), quote=True)}</span>')
-    body = "".join(spans)
+    body = "".join(f"<span {_attrs(float('nan') if h is None else float(h), threshold)}>{_text(str(text))}</span>"
+                   for text, h in zip(tokens, entropies, strict=True))
     if not wrap:
         return body
     return f'<div style="font-family:monospace;white-space:pre-wrap;line-height:1.6">{body}</div>'
+
+
+# Cached: a preview repeats the same entropies (float16 has 65,536 values) and the same tokens.
+@functools.lru_cache(maxsize=1 << 16)
+def _attrs(h: float, threshold: float | None) -> str:
+    style = f"background:{entropy_color(h)}"
+    if threshold is not None and h >= threshold:
+        style += ";text-decoration:underline"
+    title = "H=nan" if math.isnan(h) else f"H={h:.3f}"
+    return f'style="{style}" title="{title}"'
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _text(text: str) -> str:
+    return html.escape(_visible(text), quote=True)
 
 
 def escape(text: str) -> str:

@@ -138,8 +138,10 @@ class EntropyTraceConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = _f("offline", "`online` or `offline` (sync later with `wandb sync`).")
+    mode: str = _f("offline", "`online` or `offline` (sync later with `wbtrace sync`).")
     entity: str = _f("", "W&B entity; empty = your default.")
+    reference_uri: str = _f("", "Log trace files as references to this URI of the trace dir (`file:///shared/...`, "
+                                "`s3://bucket/...`) instead of uploading them; empty = upload.")
 
 
 @dataclass

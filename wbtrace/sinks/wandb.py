@@ -1,19 +1,28 @@
-"""The W&B sink: one artifact version per step, per-step statistics in history, a token-heatmap preview.
+"""The W&B sink: one artifact version per step holding the step, linear history, nothing outside the run dir.
 
 Per committed step it logs
 
 - artifact ``wbtrace-<run_id>`` (type ``entropy-trace``), alias ``step-<N>``, metadata = the step's
-  manifest line (step, schema_version, n_tokens, percentiles...), files = the step's Parquet file plus
-  ``run.json`` and ``vocab.parquet`` (same digest every version: W&B stores them once);
-- history ``trace/<statistic>`` against ``trace/step``, ``trace/entropy_hist`` (a histogram) and
-  ``trace/position`` (mean entropy by relative position);
-- ``trace/preview``: a `wandb.Table` of at most ``preview_rows`` responses with reward, correctness,
-  mean/max entropy, length, top forking tokens and an HTML column colouring every (escaped) token.
+  manifest line (step, schema_version, n_tokens, percentiles...). Files: the step's Parquet file,
+  ``run.json`` and ``vocab.parquet`` (same digest every version: W&B stores them once), and the step's
+  tables as W&B table files: ``preview.table.json`` (responses with coloured HTML tokens) and
+  ``heatmap.table.json`` (contrast rows, token by token). Browsing ``wbtrace-<run>:step-N`` in the W&B UI
+  shows that step's tokens; the workspace's artifact panel is the per-step token browser.
+- history: scalars only (`wbtrace.sinks.wandb_rows.history_scalars`) against ``trace/step``, plus
+  ``trace/entropy_hist`` (a `wandb.Histogram` over the whole range). No table is logged with
+  ``run.log``: a logged table becomes a ``run_table`` artifact version per step staged in
+  ``~/.local/share/wandb``, and INCREMENTAL tables re-log every earlier increment's path in each row
+  (a log that grows quadratically with the run).
 
-Files are hard-linked (or copied) into ``<run sync dir>/wbtrace/`` and added with ``policy="immutable"``:
-offline, the default ``"mutable"`` policy copies them to ``~/.local/share/wandb`` (outside the run dir),
-which breaks ``wandb sync`` on another host; inside the run dir the offline run is self-contained and is
-itself a ``wbtrace pull`` source. ``Artifact.new_file`` is never used: its files vanish before sync.
+Every file of an artifact lives in ``<run sync dir>/wbtrace/``: trace files are hard-linked (or copied)
+there and added with ``policy="immutable"``; the table files (and their HTML cells), which the SDK
+stages in ``~/.local/share/wandb/artifacts/staging``, are moved there and their manifest entries
+re-pointed. The offline run dir is then self-contained: copy it anywhere, `wbtrace sync` it, or
+`wbtrace pull` from it. ``Artifact.new_file`` is never used directly: its files vanish before sync.
+
+With ``reference_uri`` (the trace dir as readers reach it: ``file:///shared/...``, ``s3://bucket/...``)
+the trace files are added as references (`Artifact.add_reference`): W&B keeps their digests, not
+their bytes; the small tables are still uploaded.
 
 The writer calls `log_step` from its background thread, possibly after the trainer has logged later
 steps. W&B drops a row whose step is below the current one, so trace rows go to
@@ -29,25 +38,22 @@ import shutil
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from wbtrace.errors import require
-from wbtrace.render_html import token_spans_html
+from wbtrace.errors import BadInputError, require
 from wbtrace.sinks.base import TraceSink
+from wbtrace.sinks.wandb_rows import HEATMAP_COLUMNS, heatmap_rows, history_scalars, preview_rows
 from wbtrace.stats import DEFAULT_THRESHOLD
 from wbtrace.store import RUN_JSON, VOCAB_FILE, step_relpath
-
-if TYPE_CHECKING:
-    pass
 
 logger = logging.getLogger(__name__)
 
 ARTIFACT_TYPE = "entropy-trace"
 MAX_METADATA_KEYS = 100  # W&B's limit on artifact metadata keys
-_NOT_METRICS = {"step", "file", "bytes", "committed_at", "recovered", "threshold", "schema_version"}
+PREVIEW_FILE, HEATMAP_FILE = "preview", "heatmap"  # W&B adds ``.table.json``
 
 
 def artifact_name(run_id: str) -> str:
@@ -84,6 +90,10 @@ class WandbSink(TraceSink):
         Entropy at which a token counts as forking (underlined in the preview, ``share_above``).
     preview_tokens : int, default 2048
         Tokens shown per preview response; the rest is summarised as "... N more tokens".
+    reference_uri : str, optional
+        URI under which readers reach the trace dir (``file:///shared/traces/run1``, ``s3://bucket/run1``):
+        trace files are then added as references instead of uploaded. ``file://`` paths must exist
+        when the step is logged (W&B checksums them); for buckets, copy the trace dir there yourself.
     """
 
     name = "wandb"
@@ -91,8 +101,10 @@ class WandbSink(TraceSink):
     def __init__(self, project: str = "wbtrace", entity: str | None = None, name: str | None = None,
                  config: Mapping[str, Any] | None = None, mode: str | None = None, dir: str | None = None,
                  preview_rows: int = 64, run: Any = None, threshold: float = DEFAULT_THRESHOLD,
-                 preview_tokens: int = 2048) -> None:
+                 preview_tokens: int = 2048, reference_uri: str | None = None) -> None:
         wandb = require("wandb", "wandb")  # fail fast with the install hint
+        if reference_uri and "://" not in reference_uri:
+            raise BadInputError(f"reference_uri {reference_uri!r} is not a URI (file:///..., s3://...)")
         self._own_run = run is None
         if run is None:
             if dir is not None:
@@ -104,18 +116,17 @@ class WandbSink(TraceSink):
         self.preview_rows = int(preview_rows)
         self.preview_tokens = int(preview_tokens)
         self.threshold = float(threshold)
+        self.reference_uri = reference_uri.rstrip("/") if reference_uri else None
         self.root = Path(run.settings.sync_dir) / "wbtrace"
         self._lock = threading.Lock()
         self._trace_row = -1
-        self._run_files: dict[str, Path] = {}
+        self._run_files: dict[str, Path] = {}  # name in the artifact -> file under self.root
+        self._run_sources: dict[str, Path] = {}  # name in the artifact -> file in the trace dir
         self._texts: np.ndarray | None = None
         self._finished = False
-        # Incremental tables keep every step's rows: the "across steps" charts read them.
-        self._tables = {key: wandb.Table(columns=cols, log_mode="INCREMENTAL") for key, cols in
-                        (("trace/histogram", ["step", "bin_start", "bin_end", "count"]),
-                         ("trace/position", ["step", "rel_position", "entropy_mean"]))}
         run.define_metric("trace/step")
-        run.define_metric("trace/*", step_metric="trace/step")
+        for glob in ("trace/*", "trace_hist/*", "trace_pos/*"):
+            run.define_metric(glob, step_metric="trace/step")
 
     # ------------------------------------------------------------------ sink interface
     def log_run(self, run_dir: Path, run_info: dict[str, Any]) -> None:
@@ -126,17 +137,18 @@ class WandbSink(TraceSink):
                                allow_val_change=True)
 
     def log_step(self, step: int, step_file: Path, stats: dict[str, Any], table: pa.Table) -> None:
-        """Log the step's artifact version, its statistics and its preview table."""
+        """Log the step's artifact version (trace files + its tables) and its history row."""
         wandb = require("wandb", "wandb")
         step_file = Path(step_file)
-        if not self._run_files:  # attached without log_run: the run dir is two levels up
+        if not self._run_sources:  # attached without log_run: the run dir is two levels up
             self._link_run_files(step_file.parent.parent)
-        local = _link(step_file, self.root / step_relpath(step))
         art = wandb.Artifact(artifact_name(self.run_id), type=ARTIFACT_TYPE, metadata=self._metadata(step, stats))
-        art.add_file(str(local), name=step_relpath(step), policy="immutable")
-        for name, path in self._run_files.items():
-            art.add_file(str(path), name=name, policy="immutable")
-        data = self._history(step, stats, table)
+        self._add_trace_files(art, step, step_file)
+        self._add_tables(art, step, table)
+        data = history_scalars(step, stats, table)
+        hist = data.pop("_hist", None)
+        if hist is not None:
+            data["trace/entropy_hist"] = wandb.Histogram(np_histogram=hist)
         with self._lock:
             self.run.log_artifact(art, aliases=[step_alias(step)])
             row = max(int(step), int(self.run.step), self._trace_row + 1)
@@ -144,6 +156,34 @@ class WandbSink(TraceSink):
                 logger.info("wbtrace: step %d's trace logged at W&B row %d (the trainer is ahead)", step, row)
             self.run.log(data, step=row)
             self._trace_row = row
+
+    def _add_trace_files(self, art: Any, step: int, step_file: Path) -> None:
+        files = {step_relpath(step): step_file, **self._run_sources}
+        if self.reference_uri:
+            for name in files:
+                art.add_reference(f"{self.reference_uri}/{name}", name=name)
+            return
+        art.add_file(str(_link(step_file, self.root / step_relpath(step))), name=step_relpath(step),
+                     policy="immutable")
+        for name, path in self._run_files.items():
+            art.add_file(str(path), name=name, policy="immutable")
+
+    def _add_tables(self, art: Any, step: int, table: pa.Table) -> None:
+        """The preview and heatmap tables as table files of the artifact, kept inside the run dir."""
+        wandb = require("wandb", "wandb")
+        if not table.num_rows:
+            return
+        folder = self.root / "tables" / f"step_{int(step):06d}"
+        _add_table(art, wandb.Table(columns=HEATMAP_COLUMNS, data=heatmap_rows(table, self._texts)),
+                   HEATMAP_FILE, folder)
+        if self.preview_rows > 0:
+            columns, rows = preview_rows(table, self._texts, self.preview_rows, self.threshold,
+                                         self.preview_tokens, f"{artifact_name(self.run_id)}:{step_alias(step)}")
+            html_at = columns.index("tokens")
+            for r in rows:
+                r[html_at] = wandb.Html(r[html_at], inject=False, data_is_not_path=True)
+            _add_table(art, wandb.Table(columns=columns, data=rows), PREVIEW_FILE, folder)
+        keep_in(art, folder)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         """Trainer scalars; a step below W&B's current row goes to that row rather than being dropped."""
@@ -187,7 +227,9 @@ class WandbSink(TraceSink):
     def _link_run_files(self, run_dir: Path) -> None:
         for name in (RUN_JSON, VOCAB_FILE):
             if (run_dir / name).exists():
-                self._run_files[name] = _link(run_dir / name, self.root / name)
+                self._run_sources[name] = run_dir / name
+                if not self.reference_uri:
+                    self._run_files[name] = _link(run_dir / name, self.root / name)
         if (run_dir / VOCAB_FILE).exists():
             from wbtrace.vocab import Vocab
 
@@ -206,112 +248,49 @@ class WandbSink(TraceSink):
             meta = {k: meta[k] for k in keep[:MAX_METADATA_KEYS]}
         return meta
 
-    def _history(self, step: int, stats: Mapping[str, Any], table: pa.Table) -> dict[str, Any]:
-        wandb = require("wandb", "wandb")
-        from wbtrace.stats import histogram, position_profile
-
-        data: dict[str, Any] = {"trace/step": int(step)}
-        for key, value in stats.items():
-            if key not in _NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
-                data[f"trace/{key}"] = value
-        if table.num_rows:
-            counts, edges = histogram(table, bins=HIST_BINS, max_entropy=HIST_MAX)
-            data["trace/entropy_hist"] = wandb.Histogram(np_histogram=(counts, edges))
-            for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
-                self._tables["trace/histogram"].add_data(int(step), float(lo), float(hi), int(c))
-            profile = position_profile(table)
-            for i, p in enumerate(profile):
-                if p is not None:
-                    self._tables["trace/position"].add_data(int(step), (i + 0.5) / len(profile), p)
-            data.update(self._tables)
-            data["trace/heatmap"] = wandb.Table(columns=HEATMAP_COLUMNS, data=heatmap_rows(table, self._texts))
-        if self.preview_rows > 0 and table.num_rows:
-            data["trace/preview"] = self._preview(table)
-        return data
-
-    def _preview(self, table: pa.Table) -> Any:
-        wandb = require("wandb", "wandb")
-        columns, rows = preview_rows(table, self._texts, self.preview_rows, self.threshold, self.preview_tokens)
-        html_at = columns.index("tokens")
-        for row in rows:
-            row[html_at] = wandb.Html(row[html_at], inject=False, data_is_not_path=True)
-        return wandb.Table(columns=columns, data=rows)
-
-
-HIST_BINS, HIST_MAX = 20, 4.0  # fixed bins (nats) so steps line up in the histogram-across-steps chart
-HEATMAP_COLUMNS = ["response", "position", "token", "entropy"]
-
-
-def heatmap_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int = 8, n_tokens: int = 256
-                 ) -> list[list[Any]]:
-    """Long-format rows (response, position, token, entropy) for the token-heatmap chart.
-
-    Capped at ``n_rows`` x ``n_tokens`` (2,048 rows by default): W&B keeps 10,000 rows per logged table.
-    """
-    rows = []
-    ids = table.column("token_ids").to_pylist()[:n_rows]
-    ent = table.column("entropy").to_pylist()[:n_rows]
-    for r, (row_ids, row_ent) in enumerate(zip(ids, ent, strict=True)):
-        words = _texts(texts, (row_ids or [])[:n_tokens])
-        rows += [[r, pos, w, None if h is None else float(h)]
-                 for pos, (w, h) in enumerate(zip(words, row_ent or [], strict=False))]
-    return rows
-
-
-PREVIEW_COLUMNS = ["step", "sample_id", "group_id", "reward", "correct", "entropy_mean", "entropy_max",
-                   "length", "top_forking", "tokens"]
-
-
-def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, threshold: float = DEFAULT_THRESHOLD,
-                 max_tokens: int = 2048) -> tuple[list[str], list[list[Any]]]:
-    """Columns and rows (Python values; ``tokens`` is HTML) of the preview of up to ``n_rows`` responses.
-
-    Rows are spread evenly over the step so every group has a chance to appear.
-    """
-    idx = np.unique(np.linspace(0, table.num_rows - 1, min(n_rows, table.num_rows)).astype(int))
-    sub = table.take(pa.array(idx))
-    cols = {name: sub.column(name).to_pylist() for name in
-            ("step", "sample_id", "group_id", "reward", "correct", "response_length", "token_ids", "entropy")
-            if name in sub.column_names}
-    rows = []
-    for i in range(sub.num_rows):
-        ids, ent = cols["token_ids"][i] or [], cols["entropy"][i] or []
-        h = np.asarray(ent, dtype=np.float32)
-        words = _texts(texts, ids)
-        rows.append([
-            cols.get("step", [None] * sub.num_rows)[i], cols.get("sample_id", [None] * sub.num_rows)[i],
-            cols.get("group_id", [None] * sub.num_rows)[i], cols.get("reward", [None] * sub.num_rows)[i],
-            cols.get("correct", [None] * sub.num_rows)[i],
-            float(h.mean()) if h.size else None, float(h.max()) if h.size else None,
-            cols.get("response_length", [len(ids)] * sub.num_rows)[i],
-            _top_forking(words, h, threshold),
-            _response_html(words, ent, threshold, max_tokens),
-        ])
-    return list(PREVIEW_COLUMNS), rows
-
-
-def _texts(texts: np.ndarray | None, ids: list[int]) -> list[str]:
-    n = 0 if texts is None else len(texts)
-    return [str(texts[t]) if 0 <= t < n else f"<id:{t}>" for t in ids]
-
-
-def _top_forking(words: list[str], h: np.ndarray, threshold: float, top: int = 5) -> str:
-    order = [i for i in np.argsort(-h, kind="stable")[:top] if h[i] >= threshold]
-    return " | ".join(f"{words[i]!r} {h[i]:.2f}" for i in order)
-
-
-def _response_html(words: list[str], ent: list[float], threshold: float, max_tokens: int) -> str:
-    body = token_spans_html(words[:max_tokens], ent[:max_tokens], threshold=threshold, wrap=False)
-    more = len(words) - max_tokens
-    if more > 0:
-        body += f"<i> ... {more} more tokens</i>"
-    return f'<div style="font-family:monospace;white-space:pre-wrap;line-height:1.6">{body}</div>'
-
 
 def _is_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return value is None or isinstance(value, str | int | bool)
+
+
+def _add_table(art: Any, table: Any, name: str, folder: Path) -> None:
+    """Write ``table`` as ``<folder>/<name>.table.json`` and add it to ``art`` under ``<name>.table.json``.
+
+    What ``Artifact.add`` does, without its two staged copies of the JSON (one of which it orphans in
+    ``~/.local/share/wandb``); media cells (HTML) are added by ``to_json`` and moved by `keep_in`.
+    """
+    import json
+
+    payload = json.dumps(table.to_json(art), sort_keys=True)
+    path = folder / f"{name}.table.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(payload, encoding="utf-8")
+    art.add_file(str(path), name=path.name, policy="immutable")
+
+
+def keep_in(art: Any, folder: Path) -> None:
+    """Move every file of ``art`` that lies outside the run dir (SDK staging, temp dirs) into ``folder``.
+
+    The SDK copies table files and HTML cells to ``~/.local/share/wandb/artifacts/staging`` (or a temp
+    dir) as it adds them; an offline run dir copied to another host would lack them. The copy keeps the
+    entry's digest; the staged copy, which only this artifact uses, is removed.
+    """
+    from wandb.sdk.artifacts.staging import get_staging_dir
+
+    root = folder.parent.parent.resolve()
+    staging = Path(get_staging_dir()).resolve()
+    for entry in art.manifest.entries.values():
+        if not entry.local_path or Path(entry.local_path).resolve().is_relative_to(root):
+            continue
+        src = Path(entry.local_path)
+        dest = folder / entry.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        entry.local_path = str(dest)
+        if src.resolve().is_relative_to(staging):
+            src.unlink(missing_ok=True)
 
 
 def _link(src: Path, dest: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from wbtrace.errors import SourceError, TraceFormatError
 from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, default_dest, safe_join
-from wbtrace.sources.wandb_file import ArtifactEntry, ArtifactRecord, read_run_log
+from wbtrace.sources.wandb_file import ArtifactEntry, ArtifactRecord, iter_artifacts, run_identity
 from wbtrace.store import RUN_JSON, VOCAB_FILE
 
 
@@ -37,16 +37,20 @@ def is_offline_run_dir(path: str | Path) -> bool:
 
 
 def trace_versions(run_dir: str | Path) -> tuple[str | None, dict[int, ArtifactRecord]]:
-    """``(run_id, {step: artifact record})`` of the wbtrace artifacts logged in an offline run."""
-    log = read_run_log(find_wandb_file(run_dir))
+    """``(run_id, {step: artifact record})`` of the wbtrace artifacts logged in an offline run.
+
+    The log is streamed (history rows are never held): memory follows the number of traced steps.
+    """
+    path = find_wandb_file(run_dir)
+    run_id = run_identity(path)[0]
     versions: dict[int, ArtifactRecord] = {}
-    for art in log.artifacts:
+    for art in iter_artifacts(path):
         if not art.name.startswith("wbtrace-"):
             continue
         for alias in art.aliases:
             if alias.startswith("step-") and alias[5:].isdigit():
                 versions[int(alias[5:])] = art  # a later record for the same step wins
-    return log.run_id, versions
+    return run_id, versions
 
 
 def _md5_b64(path: Path) -> str:
@@ -58,7 +62,13 @@ def _md5_b64(path: Path) -> str:
 
 
 def locate(entry: ArtifactEntry, run_dir: Path) -> Path:
-    """Where an entry's file is now: under ``run_dir/wbtrace/``, or its recorded path re-rooted on ``run_dir``."""
+    """Where an entry's file is now: under ``run_dir/wbtrace/``, or its recorded path re-rooted on ``run_dir``.
+
+    A ``file://`` reference is read where it points (a shared file system); other references (buckets)
+    are for the online source, which lets W&B fetch them.
+    """
+    if entry.ref and not entry.local_path:
+        return _reference(entry)
     candidates = [safe_join(run_dir / "wbtrace", entry.path)]
     parts = Path(entry.local_path).parts
     for i, part in enumerate(parts):
@@ -74,6 +84,21 @@ def locate(entry: ArtifactEntry, run_dir: Path) -> Path:
         f"{entry.path}: its file is not in {run_dir} (was the run logged with an older wbtrace, "
         f"or copied without its wbtrace/ folder?)"
     )
+
+
+def _reference(entry: ArtifactEntry) -> Path:
+    from urllib.parse import unquote, urlparse
+
+    uri = urlparse(entry.ref)
+    if uri.scheme != "file":
+        raise SourceError(f"{entry.path}: a reference to {entry.ref}; pull it through W&B (ENTITY/PROJECT/RUN_ID), "
+                          "which fetches references with your bucket credentials")
+    path = Path(unquote(uri.path))
+    if not path.is_file():
+        raise SourceError(f"{entry.path}: its reference {entry.ref} is not readable from this host")
+    if _md5_b64(path) != entry.digest:
+        raise SourceError(f"{entry.path}: {path} changed since it was logged (md5 differs)")
+    return path
 
 
 def pull_offline(run_dir: str | Path, spec: StepSpec, dest: str | Path | None = None,

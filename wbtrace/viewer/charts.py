@@ -3,8 +3,8 @@
 A W&B custom chart is a Vega-Lite spec whose data is ``{"name": "wandb"}`` and whose fields are
 ``${field:NAME}`` placeholders (``${string:NAME}`` for text). `bind_spec` turns such a spec into a
 plain one with inline values, so one chart definition serves W&B and the offline viewer. Where the W&B
-presets in ``weave_panels/charts/`` draw the same view (`WEAVE_FILES`) they are used as they are;
-the other charts are defined below in the same W&B form.
+presets in ``weave_panels/charts/`` draw the same view from the same rows (`WEAVE_FILES`) they are
+used as they are; the other charts are defined below in the same W&B form.
 """
 
 from __future__ import annotations
@@ -189,10 +189,10 @@ BUILTIN: dict[str, Any] = {
 
 
 # Viewer chart -> W&B preset file in weave_panels/charts/ that draws the same thing from the same columns.
-# (weave_panels' entropy_histogram.json is the across-steps heatmap, a different view: not reused here; its
-# entropy_bands.json colours by run for W&B's multi-run workspaces, so the viewer draws its own percentile
-# chart with a p50/p80/p90/p99 legend.)
-WEAVE_FILES = {"entropy_by_position": "entropy_by_position.json"}
+# None now: the W&B presets read W&B's wide history rows (one per step, one key per histogram bin or
+# position decile, folded in the spec) and encode the run for multi-run panels; the viewer draws one
+# trace from long rows, with its own legends. (Both colour entropy with wbtrace.palette.)
+WEAVE_FILES: dict[str, str] = {}
 
 
 def panels_dir() -> Path:

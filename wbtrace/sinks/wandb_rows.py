@@ -1,0 +1,250 @@
+"""What the W&B sink shows of a step, built from the step's Arrow columns in O(what is shown).
+
+- `history_scalars`: the per-step numbers for W&B history: the manifest statistics, the entropy
+  histogram over the whole range (``trace_hist/bNN``: 0.5-nat bins, the last one an overflow bin) and
+  mean entropy by relative position (``trace_pos/dN``). Scalars only, so every history row costs the
+  same whatever the step: the ``.wandb`` log grows linearly with the run (INCREMENTAL tables re-log every
+  earlier increment's path in each row).
+- `heatmap_rows`: a few responses chosen for contrast (the best and the worst of the prompt groups
+  whose rewards differ most), each with sample_id, group_id, reward and correctness, first tokens only.
+- `preview_rows`: up to N responses spread over the step, with an HTML column of coloured tokens.
+
+Only the rows shown are taken from the table (``Table.take``) and each list is cut to the tokens shown
+(``pc.list_slice``) before anything becomes a Python object: a 17M-token step costs what 8 x 256 tokens
+cost, plus one vectorised pass for the histogram and the position profile.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from wbtrace.render_html import token_spans_html
+from wbtrace.stats import DEFAULT_THRESHOLD
+
+HIST_WIDTH, HIST_BINS = 0.5, 24  # 0-12 nats; the last bin takes everything from 11.5 up (ln 151,936 = 11.93)
+POSITION_BINS = 10
+HIST_PREFIX, POS_PREFIX = "trace_hist/b", "trace_pos/d"
+NOT_METRICS = {"step", "file", "bytes", "committed_at", "recovered", "threshold", "schema_version"}
+HEATMAP_COLUMNS = ["row", "label", "sample_id", "group_id", "reward", "correct", "position", "token", "entropy"]
+PREVIEW_COLUMNS = ["step", "sample_id", "group_id", "reward", "correct", "entropy_mean", "entropy_max",
+                   "length", "top_forking", "artifact", "tokens"]
+
+
+def hist_key(i: int) -> str:
+    return f"{HIST_PREFIX}{i:02d}"
+
+
+def pos_key(i: int) -> str:
+    return f"{POS_PREFIX}{i}"
+
+
+def flat_entropy(table: pa.Table) -> np.ndarray:
+    """Every token's entropy of a step as one flat array, as stored (float16 in the trace format)."""
+    col = table.column("entropy")
+    flat = pc.list_flatten(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    return flat.to_numpy(zero_copy_only=False)
+
+
+def entropy_histogram(ent: np.ndarray) -> tuple[np.ndarray, float | None]:
+    """Token counts in `HIST_BINS` bins of `HIST_WIDTH` nats (the last one open-ended) and the max; NaN
+    is not counted. float16 input (the trace's) takes one integer pass: its 65,536 bit patterns are
+    counted, then each pattern is binned once."""
+    if ent.dtype == np.float16:
+        per_value = np.bincount(ent.view(np.uint16), minlength=1 << 16)
+        values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+        keep = np.isfinite(values) & (per_value > 0)
+        per_value, values = per_value[keep], values[keep]
+    else:
+        values = ent[np.isfinite(ent)].astype(np.float32)
+        per_value = np.ones(values.size, dtype=np.int64)
+    b = np.clip(values * np.float32(1 / HIST_WIDTH), 0, HIST_BINS - 1).astype(np.int64)
+    counts = np.bincount(b, weights=per_value, minlength=HIST_BINS).astype(np.int64)
+    return counts, (float(values.max()) if values.size else None)
+
+
+def hist_edges(top: float | None = None) -> np.ndarray:
+    """Bin edges of `entropy_histogram`; the overflow bin ends at ``top`` (the step's max) when larger."""
+    edges = np.arange(HIST_BINS + 1, dtype=np.float64) * HIST_WIDTH
+    if top is not None and top > edges[-1]:
+        edges[-1] = top
+    return edges
+
+
+def position_means(table: pa.Table, bins: int = POSITION_BINS) -> list[float | None]:
+    """Mean entropy by relative position in the response (token p of a length-L response is in decile
+    ``p * bins // L``), from prefix sums: one pass over the tokens, then ``rows x bins`` differences."""
+    col = table.column("entropy").combine_chunks()
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    ent = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    if not ent.size:
+        return [None] * bins
+    csum = np.zeros(ent.size + 1)
+    np.cumsum(ent, dtype=np.float64, out=csum[1:])
+    if np.isfinite(csum[-1]):  # no NaN/inf: every token counts
+        ccount = np.arange(ent.size + 1)
+    else:
+        finite = np.isfinite(ent)
+        np.cumsum(np.where(finite, ent, 0), dtype=np.float64, out=csum[1:])
+        ccount = np.concatenate([[0], np.cumsum(finite)])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    # first position of decile d in a row of length L: ceil(d * L / bins)
+    edges = -(-(np.arange(bins + 1)[None, :] * lengths[:, None]) // bins) + starts[:, None]
+    sums = (csum[edges[:, 1:]] - csum[edges[:, :-1]]).sum(axis=0)
+    counts = (ccount[edges[:, 1:]] - ccount[edges[:, :-1]]).sum(axis=0)
+    return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
+
+
+def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table) -> dict[str, Any]:
+    """The step's history row (scalars only), plus ``_hist`` = (counts, edges) for a `wandb.Histogram`."""
+    data: dict[str, Any] = {"trace/step": int(step)}
+    for key, value in stats.items():
+        if key not in NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
+            if not (isinstance(value, float) and not math.isfinite(value)):
+                data[f"trace/{key}"] = value
+    if not table.num_rows:
+        return data
+    counts, top = entropy_histogram(flat_entropy(table))
+    data.update({hist_key(i): int(c) for i, c in enumerate(counts)})
+    data.update({pos_key(i): p for i, p in enumerate(position_means(table)) if p is not None})
+    data["_hist"] = (counts, hist_edges(top))
+    return data
+
+
+def _numpy(table: pa.Table, name: str, fill: Any) -> np.ndarray | None:
+    if name not in table.column_names:
+        return None
+    col = table.column(name)
+    return (pc.fill_null(col, fill) if col.null_count else col).to_numpy(zero_copy_only=False)
+
+
+def contrast_rows(table: pa.Table, n_groups: int = 4) -> np.ndarray:
+    """Row indices for the heatmap: the best and worst response of the ``n_groups`` groups whose rewards
+    differ most (ties: first groups), ordered group by group; evenly spread rows when there is no reward."""
+    n = table.num_rows
+    reward, group = _numpy(table, "reward", float("nan")), _numpy(table, "group_id", "")
+    if reward is None or group is None or not n:
+        return np.unique(np.linspace(0, n - 1, min(2 * n_groups, n)).astype(np.int64)) if n else np.array([], int)
+    reward = np.where(np.isfinite(reward), reward, -np.inf)
+    _, gid = np.unique(group.astype(str), return_inverse=True)
+    order = np.lexsort((-reward, gid))  # by group, best first
+    firsts = np.flatnonzero(np.r_[True, gid[order][1:] != gid[order][:-1]])
+    lasts = np.r_[firsts[1:] - 1, len(order) - 1]
+    best, worst = order[firsts], order[lasts]
+    spread = np.where(np.isfinite(reward[worst]), reward[best] - reward[worst], 0.0)
+    pick = np.argsort(-spread, kind="stable")[:n_groups]
+    pick.sort()
+    return _dedupe(np.column_stack([best[pick], worst[pick]]).ravel())
+
+
+def _dedupe(idx: np.ndarray) -> np.ndarray:
+    _, first = np.unique(idx, return_index=True)
+    return idx[np.sort(first)]
+
+
+def _take(table: pa.Table, idx: np.ndarray, max_tokens: int, names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """Python lists of the named columns for rows ``idx``, list columns cut to ``max_tokens``."""
+    sub = table.select([c for c in names if c in table.column_names]).take(pa.array(idx, pa.int64()))
+    out = {}
+    for name in sub.column_names:
+        col = sub.column(name).combine_chunks()
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            col = pc.list_slice(col, 0, max_tokens)
+        out[name] = col.to_pylist()
+    return out
+
+
+def _label(sample_id: Any, group_id: Any, reward: Any, correct: Any) -> str:
+    mark = {True: " ok", False: " wrong"}.get(correct, "")
+    r = f" r={reward:.2f}" if isinstance(reward, float) and math.isfinite(reward) else ""
+    return f"g{group_id} #{sample_id}{r}{mark}"
+
+
+def heatmap_rows(table: pa.Table, texts: np.ndarray | None, n_groups: int = 4, n_tokens: int = 256
+                 ) -> list[list[Any]]:
+    """Long-format rows (`HEATMAP_COLUMNS`) for the token heatmap: contrast rows x first ``n_tokens`` tokens.
+
+    At most ``2 * n_groups * n_tokens`` (2,048) rows: a table W&B shows whole.
+    """
+    idx = contrast_rows(table, n_groups)
+    if not idx.size:
+        return []
+    cols = _take(table, idx, n_tokens, ("sample_id", "group_id", "reward", "correct", "token_ids", "entropy"))
+    none = [None] * len(idx)
+    rows = []
+    for r in range(len(idx)):
+        meta = [cols.get(k, none)[r] for k in ("sample_id", "group_id", "reward", "correct")]
+        label = _label(*meta)
+        ids, ent = cols["token_ids"][r] or [], cols["entropy"][r] or []
+        rows += [[r, label, *meta, pos, w, None if h is None or math.isnan(h) else float(h)]
+                 for pos, (w, h) in enumerate(zip(token_texts(texts, ids), ent, strict=False))]
+    return rows
+
+
+def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, threshold: float = DEFAULT_THRESHOLD,
+                 max_tokens: int = 2048, artifact: str = "") -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows (Python values; ``tokens`` is HTML) of the preview of up to ``n_rows`` responses.
+
+    Rows are spread evenly over the step so every group has a chance to appear; ``artifact`` names the
+    step's artifact version (``wbtrace-<run>:step-N``) in each row.
+    """
+    if not table.num_rows or n_rows <= 0:
+        return list(PREVIEW_COLUMNS), []
+    idx = np.unique(np.linspace(0, table.num_rows - 1, min(n_rows, table.num_rows)).astype(np.int64))
+    sub = table.take(pa.array(idx))
+    ent_col = sub.column("entropy").combine_chunks()
+    cols = _take(sub, np.arange(len(idx)), max_tokens,
+                 ("step", "sample_id", "group_id", "reward", "correct", "response_length", "token_ids", "entropy"))
+    full_len = pc.list_value_length(ent_col).fill_null(0).to_pylist()  # before the cut to max_tokens
+    mean, top = _row_stats(ent_col)
+    none = [None] * len(idx)
+    rows = []
+    for i in range(len(idx)):
+        ids, ent = cols["token_ids"][i] or [], cols["entropy"][i] or []
+        words = token_texts(texts, ids)
+        h = np.asarray([np.nan if x is None else x for x in ent], dtype=np.float32)
+        rows.append([*(cols.get(k, none)[i] for k in ("step", "sample_id", "group_id", "reward", "correct")),
+                     mean[i], top[i], cols.get("response_length", full_len)[i],
+                     _top_forking(words, h, threshold), artifact,
+                     _response_html(words, ent, threshold, full_len[i])])
+    return list(PREVIEW_COLUMNS), rows
+
+
+def _row_stats(col: pa.Array) -> tuple[list[float | None], list[float | None]]:
+    """Mean and max entropy of each row, over all of its tokens (vectorised)."""
+    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
+    nonempty = lengths > 0
+    sums = np.add.reduceat(np.nan_to_num(flat), starts[nonempty]) if flat.size else np.array([])
+    maxs = np.fmax.reduceat(flat, starts[nonempty]) if flat.size else np.array([])
+    mean: list[float | None] = [None] * len(lengths)
+    top: list[float | None] = [None] * len(lengths)
+    for j, i in enumerate(np.flatnonzero(nonempty)):
+        mean[i], top[i] = float(sums[j] / lengths[i]), float(maxs[j])
+    return mean, top
+
+
+def token_texts(texts: np.ndarray | None, ids: list[int]) -> list[str]:
+    """Display text of each token id (``<id:N>`` for one the vocabulary lacks)."""
+    n = 0 if texts is None else len(texts)
+    return [str(texts[t]) if t is not None and 0 <= t < n else f"<id:{t}>" for t in ids]
+
+
+def _top_forking(words: list[str], h: np.ndarray, threshold: float, top: int = 5) -> str:
+    order = [i for i in np.argsort(-np.nan_to_num(h, nan=-1.0), kind="stable")[:top] if h[i] >= threshold]
+    return " | ".join(f"{words[i]!r} {h[i]:.2f}" for i in order)
+
+
+def _response_html(words: list[str], ent: list[float | None], threshold: float, full_len: int) -> str:
+    body = token_spans_html(words, [float("nan") if x is None else x for x in ent], threshold=threshold,
+                            wrap=False)
+    more = full_len - len(words)
+    if more > 0:
+        body += f"<i> ... {more} more tokens</i>"
+    return f'<div style="font-family:monospace;white-space:pre-wrap;line-height:1.6">{body}</div>'
