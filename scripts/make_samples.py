@@ -30,6 +30,9 @@ RUNS = ROOT / "docs" / "runs"
 WANDB_OUT = RUNS / "h100-wandb"
 MLFLOW_OUT = RUNS / "h100-mlflow"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted(RUNS.glob("*.md"))]
+# The preview table's responses per step (the trainer logs 64, each an HTML file of ~20 KB in the run):
+# 8 keep the sample small; every other table and every artifact is as the trainer logs it.
+PREVIEW_ROWS = 8
 # A sample, not a monitored run: no host facts, no system metrics, no code or git state, no console log.
 WANDB_ENV = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
              "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true", "WANDB_X_DISABLE_META": "true",
@@ -60,7 +63,7 @@ def replay(trace: Path, tmp: Path) -> tuple[Path, Path]:
     os.environ.update({**WANDB_ENV, "WANDB_DATA_DIR": str(tmp / "wandb-data"),
                        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_CONFIG_DIR": str(tmp / "wandb-config")})
     wandb_sink = WandbSink(project="wbtrace", name="h100-sample", mode="offline", dir=str(tmp / "w"),
-                           config=store.run_info.get("config") or {})
+                           config=store.run_info.get("config") or {}, preview_rows=PREVIEW_ROWS)
     mlflow_dir = tmp / "mlflow"
     mlflow_dir.mkdir()
     mlflow_sink = MlflowSink(tracking_uri=f"sqlite:///{mlflow_dir / 'mlflow.db'}", run_dir=trace,

@@ -32,8 +32,8 @@ class UserError(click.ClickException):
 COMMAND_MODULES = {
     "charts": "wandb_cmds", "compare": "analyze", "cov": "analyze", "export": "export", "forks": "analyze",
     "groups": "analyze", "import-npz": "export", "ls": "inspect", "mirror": "mirror", "plot": "inspect",
-    "positions": "analyze", "pull": "pull", "show": "show", "stats": "inspect", "train": "train", "view": "view",
-    "workspace": "wandb_cmds",
+    "positions": "analyze", "pull": "pull", "show": "show", "stats": "inspect", "sync": "wandb_cmds",
+    "train": "train", "view": "view", "workspace": "wandb_cmds",
 }
 
 
