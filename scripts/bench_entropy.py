@@ -24,21 +24,14 @@ import json
 import os
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
 import triton
 
-ROOT = Path(__file__).resolve().parents[1]
-if "wbtrace" not in sys.modules:  # the kernels need wbtrace.errors only: skip the package's own imports
-    package = types.ModuleType("wbtrace")
-    package.__path__ = [str(ROOT / "wbtrace")]
-    sys.modules["wbtrace"] = package
-
-from wbtrace.kernels import entropy_logprob, entropy_logprob_from_hidden  # noqa: E402
-from wbtrace.kernels.reference import entropy_logprob_chunked, entropy_logprob_float64  # noqa: E402
-from wbtrace.kernels.triton_entropy import entropy_logprob_rows  # noqa: E402
+from wbtrace.kernels import entropy_logprob, entropy_logprob_from_hidden
+from wbtrace.kernels.reference import entropy_logprob_chunked, entropy_logprob_float64
+from wbtrace.kernels.triton_entropy import entropy_logprob_rows
 
 DEVICE = "cuda"
 VOCAB = 151_936

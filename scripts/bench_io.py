@@ -4,7 +4,7 @@ A synthetic DAPO step of 512 responses x up to 8,192 tokens (~2.1M tokens, vocab
 by `TraceWriter` and by the seed's writer (`np.savez_compressed` of padded arrays, synchronous on the
 trainer's thread). Measured: how long `write_step` blocks the caller, total write time (CPU of the
 writer: pack + Parquet + stats + manifest), bytes per token, read time of one step, and token-level
-CSV export rows/s. Targets (DESIGN.md section 7): blocking <= 50 ms, write <= 250 ms, <= 6 bytes/token,
+CSV export rows/s. Targets: blocking <= 50 ms, write <= 250 ms, <= 6 bytes/token,
 read <= 100 ms, CSV >= 2M rows/s on 2 cores. Results go to docs/BENCHMARKS.md between markers.
 
     .venv/bin/python scripts/bench_io.py [--steps 5] [--no-update]

@@ -118,7 +118,7 @@ def run_sink(sink_cls, root: Path, n_steps: int) -> Path:
 def record_sizes(path: Path) -> dict[str, list[int]]:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    from wbtrace.sources.wandb_file import iter_payloads
+    from wbtrace.backends.wandb_file import iter_payloads
 
     sizes: dict[str, list[int]] = {"history": [], "summary": []}
     with open(path, "rb") as f:

@@ -64,7 +64,9 @@ def main() -> None:
     history, heat, (pcols, prows), last = chart_rows(Path(args.trace), args.run_name)
     charts = {"entropy_bands": ("wbtrace-entropy-bands", history), "entropy_histogram": ("wbtrace-entropy-histogram", history),
               "entropy_by_position": ("wbtrace-entropy-by-position", history),
-              "token_heatmap": ("wbtrace-token-heatmap", heat)}
+              "token_heatmap": ("wbtrace-token-heatmap", heat),
+              "cov_entropy": ("wbtrace-cov-entropy", history), "position_heatmap": ("wbtrace-position-heatmap", history),
+              "forks_trend": ("wbtrace-forks-trend", history), "group_shares": ("wbtrace-group-shares", history)}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 900, "height": 700}, device_scale_factor=1.5)
@@ -72,7 +74,7 @@ def main() -> None:
             page.set_content("<html><body style='margin:0;background:white'><div id='c'></div></body></html>")
             page.add_script_tag(path=str(VEGA5 / "vega-5.22.1.min.js"))
             page.add_script_tag(path=str(VEGA5 / "vega-lite-5.6.1.min.js"))
-            spec = bind(preset, rows, width=760, height=300 if file != "token_heatmap" else 260)
+            spec = bind(preset, rows, width=760, height=260 if file in ("token_heatmap", "position_heatmap") else 300)
             page.evaluate("""async (spec) => {
                 const view = new vega.View(vega.parse(vegaLite.compile(spec).spec), {renderer: 'svg', container: '#c'});
                 await view.runAsync(); }""", spec)

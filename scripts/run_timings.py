@@ -14,7 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
-from wbtrace.store import parse_steps
+from wbtrace.steps import StepSelection
 
 ROWS = [("step (s)", "timing/step"), ("generate (s)", "timing/generate"), ("old log-prob (s)", "timing/log_prob"),
         ("update (s)", "timing/update"), ("reward (s)", "timing/reward"), ("tracing, `write_step` (ms)", "timing/trace"),
@@ -25,9 +25,9 @@ def column(spec: str) -> tuple[str, list[dict]]:
     """``LABEL=FILE@A:B`` -> (label, the metric rows of steps A..B)."""
     label, rest = spec.split("=", 1)
     path, steps = rest.rsplit("@", 1)
-    lo, hi = parse_steps(steps)
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    return label, [r for r in rows if (lo is None or r["step"] >= lo) and (hi is None or r["step"] <= hi)]
+    chosen = set(StepSelection.parse(steps).resolve([r["step"] for r in rows], path))
+    return label, [r for r in rows if r["step"] in chosen]
 
 
 def table(columns: list[tuple[str, list[dict]]]) -> str:

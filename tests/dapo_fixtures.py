@@ -1,4 +1,4 @@
-"""A session-scoped Ray instance for the DAPO tests (one per test session, as DESIGN.md asks)."""
+"""A session-scoped Ray instance for the DAPO tests (one per test session: starting Ray costs seconds)."""
 
 import os
 

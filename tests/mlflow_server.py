@@ -1,6 +1,6 @@
 """A real `mlflow server` on 127.0.0.1 for the MLflow tests: start, wait for /health, stop, restart.
 
-Small on purpose (DESIGN.md section 5): sqlite backend, local artifact root, one worker and job
+Small on purpose: sqlite backend, local artifact root, one worker and job
 execution off answer /health in ~5 s with ~0.5 GB (the defaults start 15 processes, 2.4 GB).
 `stop()` then `start()` reuses the same port and store, so a test can take the server away in the
 middle of a run and bring the same one back.

@@ -138,7 +138,7 @@ def test_wandb_offline_and_mlflow_sinks_get_the_trace_and_the_metrics(tmp_path, 
 
     import mlflow
 
-    from wbtrace.sources.wandb_file import read_run_log
+    from wbtrace.backends.wandb_file import read_run_log
     from wbtrace.sources.wandb_offline import find_wandb_file
     from wbtrace.sources.wandb_sync import relocate
 
@@ -209,3 +209,18 @@ def test_archer2_preset_on_the_tiny_model_trains_traces_token_classes_and_resume
     assert result.exit_code == 0, result.output
     assert "resuming from step 2" in result.output
     assert TraceStore(out / "entropy_trace").steps == [1, 2, 3]
+
+
+def test_filtering_off_trains_every_generated_group_in_mini_batches_of_the_configured_size(tmp_path, ray_address):  # noqa: F811
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "--preset", "tiny", "trainer.total_training_steps=1",
+                                       "algorithm.filter_groups.enable=false", "data.gen_batch_size=8",
+                                       f"trainer.output_dir={out}", "trainer.logger=[console]"])
+    assert result.exit_code == 0, result.output
+    (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert m["filter/kept_groups"] == 8  # not trimmed to train_batch_size=4 (verl trains the whole batch)
+    rows = TraceStore(out / "entropy_trace").read_step(1).to_pydict()
+    assert len(rows["kept"]) == 32 and all(rows["kept"])
+    # two mini-batches of 4 groups: the first is on-policy (ratio 1), the second comes after one step
+    first, second = np.concatenate(rows["ratio"][:16]), np.concatenate(rows["ratio"][16:])
+    assert np.allclose(first, 1.0, atol=1e-5) and np.abs(second - 1.0).max() > 1e-4

@@ -23,8 +23,14 @@ from wbtrace.cli import main  # noqa: E402
 from wbtrace.errors import SourceError  # noqa: E402
 from wbtrace.mirror import mirror_trace  # noqa: E402
 from wbtrace.sinks.mlflow import MlflowSink, step_metrics  # noqa: E402
-from wbtrace.sources.mlflow import pull_mlflow  # noqa: E402
+from wbtrace.sources.mlflow import MlflowSource  # noqa: E402
+from wbtrace.sources.pull import pull  # noqa: E402
+from wbtrace.steps import StepSelection  # noqa: E402
 from wbtrace.synthetic import make_step, synthetic_vocab  # noqa: E402
+
+
+def pull_mlflow(run_id, steps, dest, tracking_uri):
+    return pull(MlflowSource(run_id, tracking_uri), StepSelection(steps=tuple(steps or ())), dest)
 
 
 @pytest.fixture(scope="module")

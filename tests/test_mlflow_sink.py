@@ -17,8 +17,14 @@ from wbtrace.cli import main  # noqa: E402
 from wbtrace.cli.mirror import parse_target  # noqa: E402
 from wbtrace.errors import BadInputError, WbtraceError  # noqa: E402
 from wbtrace.sinks.mlflow import MlflowSink, run_params, sanitize_key  # noqa: E402
-from wbtrace.sources.mlflow import pull_mlflow  # noqa: E402
+from wbtrace.sources.mlflow import MlflowSource  # noqa: E402
+from wbtrace.sources.pull import pull  # noqa: E402
+from wbtrace.steps import StepSelection  # noqa: E402
 from wbtrace.synthetic import make_step, synthetic_vocab  # noqa: E402
+
+
+def pull_mlflow(run_id, steps, dest, tracking_uri):
+    return pull(MlflowSource(run_id, tracking_uri), StepSelection(steps=tuple(steps or ())), dest)
 
 
 @pytest.fixture
@@ -43,7 +49,7 @@ def test_embedded_default_needs_no_server_and_no_env(no_mlflow_env, tmp_path):
     sink = MlflowSink()
     local = write(tmp_path / "run", [1, 2], sinks=[sink])
     assert sink.tracking_uri == f"sqlite:///{(tmp_path / 'run' / 'mlflow.db').resolve()}"
-    assert sink.report()["errors"] == 0
+    assert sink.errors == 0 and sink.degraded is None
     client = mlflow.MlflowClient(tracking_uri=sink.tracking_uri)
     run = client.get_run(sink.run_id)
     assert run.data.params["config.lr"] == "1e-06"

@@ -12,7 +12,7 @@ import pytest
 
 from wbtrace import TraceStore, TraceWriter
 from wbtrace.sinks.base import NullSink
-from wbtrace.sources.pull import StepSpec
+from wbtrace.sources.pull import pull
 from wbtrace.synthetic import make_step, synthetic_vocab
 
 STEPS = (1, 2)
@@ -24,21 +24,21 @@ def _local(tmp_path, monkeypatch):
 
 def _wandb(tmp_path, monkeypatch):
     from wbtrace.sinks.wandb import WandbSink
-    from wbtrace.sources.wandb_offline import pull_offline
+    from wbtrace.sources.wandb_offline import WandbOfflineSource
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     sink = WandbSink(project="contract", mode="offline", dir=str(tmp_path / "wb"), preview_rows=2)
-    return sink, lambda s, dest: pull_offline(Path(s.run.settings.sync_dir), StepSpec.parse(all=True), dest)
+    return sink, lambda s, dest: pull(WandbOfflineSource(Path(s.run.settings.sync_dir)), None, dest)
 
 
 def _mlflow(tmp_path, monkeypatch):
     from wbtrace.sinks.mlflow import MlflowSink
-    from wbtrace.sources.mlflow import pull_mlflow
+    from wbtrace.sources.mlflow import MlflowSource
 
     for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
         monkeypatch.delenv(key)
     sink = MlflowSink(run_dir=tmp_path / "trace")
-    return sink, lambda s, dest: pull_mlflow(s.run_id, None, dest, s.tracking_uri)
+    return sink, lambda s, dest: pull(MlflowSource(s.run_id, s.tracking_uri), None, dest)
 
 
 @pytest.mark.parametrize("backend", [_local, _wandb, _mlflow], ids=["local", "wandb-offline", "mlflow-embedded"])

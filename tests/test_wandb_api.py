@@ -19,8 +19,13 @@ wandb = pytest.importorskip("wandb")
 from wbtrace import TraceStore, TraceWriter  # noqa: E402
 from wbtrace.cli import main  # noqa: E402
 from wbtrace.errors import SourceError  # noqa: E402
-from wbtrace.sources.pull import StepSpec  # noqa: E402
-from wbtrace.sources.wandb_api import parse_run_ref, pull_wandb  # noqa: E402
+from wbtrace.sources.pull import pull  # noqa: E402
+from wbtrace.sources.wandb_api import WandbApiSource, parse_run_ref  # noqa: E402
+from wbtrace.steps import StepSelection  # noqa: E402
+
+
+def pull_wandb(ref, selection, dest, entity=None, project=None, api=None):
+    return pull(WandbApiSource(ref, entity=entity, project=project, api=api), selection, dest)
 
 
 class FakeArtifact:
@@ -83,7 +88,7 @@ def trace(tmp_path_factory) -> Path:
 @pytest.mark.contract
 def test_contract_resolves_alias_step_n(trace, tmp_path):
     api = FakeApi(trace)
-    out = pull_wandb("me/dapo/abc123", StepSpec.parse([2]), tmp_path / "p", api=api)
+    out = pull_wandb("me/dapo/abc123", StepSelection(steps=(2,)), tmp_path / "p", api=api)
     assert "artifact me/dapo/wbtrace-abc123:step-2" in api.calls
     store = TraceStore(out)
     assert store.steps == [2]
@@ -92,24 +97,24 @@ def test_contract_resolves_alias_step_n(trace, tmp_path):
 
 @pytest.mark.contract
 def test_contract_range_and_all_list_versions(trace, tmp_path):
-    out = pull_wandb("abc123", StepSpec.parse(ranges=["2:9"]), tmp_path / "p", entity="me", project="dapo",
+    out = pull_wandb("abc123", StepSelection.parse("2:9"), tmp_path / "p", entity="me", project="dapo",
                      api=FakeApi(trace))
     assert TraceStore(out).steps == [2, 3]
-    out = pull_wandb("me/dapo/abc123", StepSpec.parse(all=True), tmp_path / "p", api=FakeApi(trace))
+    out = pull_wandb("me/dapo/abc123", StepSelection(all=True), tmp_path / "p", api=FakeApi(trace))
     assert TraceStore(out).steps == [1, 2, 3]
 
 
 @pytest.mark.contract
 def test_contract_missing_step_lists_existing(trace, tmp_path):
     with pytest.raises(SourceError, match=r"step 7 not found in W&B run me/dapo/abc123; steps that exist: 1-3"):
-        pull_wandb("me/dapo/abc123", StepSpec.parse([7]), tmp_path / "p", api=FakeApi(trace))
+        pull_wandb("me/dapo/abc123", StepSelection(steps=(7,)), tmp_path / "p", api=FakeApi(trace))
 
 
 @pytest.mark.contract
 @pytest.mark.parametrize("ref", ["other/dapo/abc123", "me/wrong/abc123", "me/dapo/nosuchrun"])
 def test_contract_wrong_entity_project_or_run(trace, tmp_path, ref):
     with pytest.raises(SourceError, match=f"unknown W&B run {ref}"):
-        pull_wandb(ref, StepSpec.parse([1]), tmp_path / "p", api=FakeApi(trace))
+        pull_wandb(ref, StepSelection(steps=(1,)), tmp_path / "p", api=FakeApi(trace))
 
 
 @pytest.mark.contract
@@ -120,7 +125,7 @@ def test_contract_untrusted_names_stay_inside_dest(trace, tmp_path):
             art.extra = {"evil.parquet": b"x"}
             return art
 
-    out = pull_wandb("me/dapo/abc123", StepSpec.parse([1]), tmp_path / "p", api=EvilApi(trace))
+    out = pull_wandb("me/dapo/abc123", StepSelection(steps=(1,)), tmp_path / "p", api=EvilApi(trace))
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
         "manifest.jsonl", "run.json", "step_000001.parquet", "vocab.parquet"]
 

@@ -129,6 +129,33 @@ def test_heatmap_cells_use_the_palette_for_both_runs(vega_page, rows):
         assert np.abs(got - rgb).max() <= 1, (c["datum"]["entropy"], c["fill"])
 
 
+def test_analysis_presets_draw_the_sinks_analysis_scalars(vega_page, rows):
+    """The analysis presets read the trace/<key> scalars `wbtrace.analysis.step_scalars` gives the sink."""
+    hist = rows["history"]
+    by = {(r["name"], r["trace/step"]): r for r in hist}
+    cov = _data_marks(_render(vega_page, "wbtrace-cov-entropy", hist), "symbol")
+    want = {(r, s, by[(r, s)]["trace/cov_mean"], by[(r, s + 1)]["trace/cov_entropy_mean"] - by[(r, s)]["trace/cov_entropy_mean"])
+            for r in RUNS for s in STEPS[:-1]}  # the last step has no next step
+    got = {(m["datum"]["name"], m["datum"]["trace/step"], m["datum"]["trace/cov_mean"], m["datum"]["entropy_change"])
+           for m in cov}
+    assert {g[:2] for g in got} == {w[:2] for w in want}
+    for g in sorted(got):
+        w = next(x for x in want if x[:2] == g[:2])
+        assert g[2:] == pytest.approx(w[2:])
+    heat = _data_marks(_render(vega_page, "wbtrace-position-heatmap", hist), "rect")
+    assert len(heat) == len(RUNS) * len(STEPS) * 10
+    cell = next(c for c in heat if c["datum"]["name"] == "run-b" and c["datum"]["trace/step"] == 2
+                and c["datum"]["decile"] == 30)
+    assert cell["datum"]["entropy_mean"] == pytest.approx(by[("run-b", 2)]["trace_pos/d3"])
+    forks = _data_marks(_render(vega_page, "wbtrace-forks-trend", hist), "line")
+    assert {(m["datum"]["name"], m["datum"]["series"]) for m in forks} == {
+        (r, k) for r in RUNS for k in ("trace/forks_top_share", "trace/forks_top_fork_share")}
+    shares = _data_marks(_render(vega_page, "wbtrace-group-shares", hist), "line")
+    assert {(m["datum"]["name"], m["datum"]["groups"]) for m in shares} == {
+        (r, g) for r in RUNS for g in ("all_correct", "all_wrong", "zero_spread")}
+
+
 def test_every_preset_is_checked_here():
     assert set(CHARTS) == {"wbtrace-entropy-histogram", "wbtrace-entropy-bands", "wbtrace-entropy-by-position",
-                           "wbtrace-token-heatmap"}
+                           "wbtrace-token-heatmap", "wbtrace-cov-entropy", "wbtrace-position-heatmap",
+                           "wbtrace-forks-trend", "wbtrace-group-shares"}

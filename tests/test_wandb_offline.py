@@ -15,11 +15,13 @@ from click.testing import CliRunner
 pytest.importorskip("wandb")
 
 from wbtrace import TraceStore, TraceWriter  # noqa: E402
+from wbtrace.backends.wandb_file import iter_payloads, read_run_log  # noqa: E402
 from wbtrace.cli import main  # noqa: E402
 from wbtrace.errors import SourceError, TraceFormatError  # noqa: E402
-from wbtrace.sources.pull import StepSpec  # noqa: E402
-from wbtrace.sources.wandb_file import iter_payloads, read_run_log  # noqa: E402
-from wbtrace.sources.wandb_offline import find_wandb_file, pull_offline  # noqa: E402
+from wbtrace.sources.pull import pull  # noqa: E402
+from wbtrace.sources.wandb_offline import WandbOfflineSource, find_wandb_file  # noqa: E402
+from wbtrace.steps import StepSelection  # noqa: E402
+from weave_panels import CHARTS  # noqa: E402
 
 N_STEPS = 3
 EVIL = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "a", "\n"]
@@ -137,7 +139,7 @@ def test_copied_run_dir_pulls_byte_identical(logged, tmp_path):
     trace, run_dir, run_id = logged
     moved = tmp_path / "elsewhere" / "renamed-run"
     shutil.copytree(run_dir, moved)
-    out = pull_offline(moved, StepSpec.parse(all=True), tmp_path / "pulled")
+    out = pull(WandbOfflineSource(moved), StepSelection(all=True), tmp_path / "pulled")
     store, orig = TraceStore(out), TraceStore(trace)
     assert store.steps == [1, 2, 3]
     for s in store.steps:
@@ -149,7 +151,7 @@ def test_copied_run_dir_pulls_byte_identical(logged, tmp_path):
 def test_pull_missing_step_lists_existing(logged, tmp_path):
     _, run_dir, _ = logged
     with pytest.raises(SourceError, match="step 9 not found; steps that exist: 1-3"):
-        pull_offline(run_dir, StepSpec.parse([9]), tmp_path / "x")
+        pull(WandbOfflineSource(run_dir), StepSelection(steps=(9,)), tmp_path / "x")
 
 
 def test_cli_pull_then_export_equals_local_export(logged, tmp_path):
@@ -193,7 +195,8 @@ def test_workspace_json_loads_back():
     ws = load_workspace_json(res.output)
     assert (ws.entity, ws.project) == ("me", "dapo")
     charts = [p for s in ws.sections for p in s.panels if type(p).__name__ == "CustomChart"]
-    assert len(charts) == 3 and all(c.chart_name.startswith("me/wbtrace-") for c in charts)
+    n_history = sum(c.source == "history" for c in CHARTS.values())  # 3 entropy charts + 4 analyses
+    assert len(charts) == n_history == 7 and all(c.chart_name.startswith("me/wbtrace-") for c in charts)
     spec = json.loads(res.output)
     ids = [p["config"]["panelDefId"] for s in spec["spec"]["section"]["panelBankConfig"]["sections"]
            for p in s["panels"] if p.get("viewType") == "Vega2"] if "spec" in spec else []
@@ -219,7 +222,7 @@ def test_chart_specs_are_wandb_custom_charts_on_the_palette_scale():
 def test_writer_rewrites_a_log_byte_for_byte(logged):
     import io
 
-    from wbtrace.sources.wandb_file import write_payloads
+    from wbtrace.backends.wandb_file import write_payloads
 
     data = find_wandb_file(logged[1]).read_bytes()
     out = io.BytesIO()
@@ -316,11 +319,11 @@ def test_file_reference_artifacts_pull_back_byte_identical(tmp_path, monkeypatch
     assert refs == {"steps/step_000001.parquet": f"{trace.as_uri()}/steps/step_000001.parquet",
                     "run.json": f"{trace.as_uri()}/run.json", "vocab.parquet": f"{trace.as_uri()}/vocab.parquet"}
     assert not (run_dir / "wbtrace" / "steps").exists()  # the bytes were not copied into the run
-    out = pull_offline(run_dir, StepSpec.parse(all=True), tmp_path / "pulled")
+    out = pull(WandbOfflineSource(run_dir), StepSelection(all=True), tmp_path / "pulled")
     store, orig = TraceStore(out), TraceStore(trace)
     assert store.steps == [1, 2]
     for s in store.steps:
         assert store.step_path(s).read_bytes() == orig.step_path(s).read_bytes()
     orig.step_path(2).write_bytes(orig.step_path(1).read_bytes())  # changed after logging: refused
     with pytest.raises(SourceError, match="changed since it was logged"):
-        pull_offline(run_dir, StepSpec.parse([2]), tmp_path / "again")
+        pull(WandbOfflineSource(run_dir), StepSelection(steps=(2,)), tmp_path / "again")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
@@ -19,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError
-from wbtrace.store import TraceStore
+from wbtrace.store import TraceStore, atomic_output
 from wbtrace.vocab import Vocab
 
 FORMATS = ("csv", "parquet", "jsonl")
@@ -51,18 +50,7 @@ def response_batches(table: pa.Table, max_tokens: int | None = None) -> Iterator
         start = stop
 
 
-def token_texts(ids: pa.Array, vocab_texts: pa.Array) -> pa.Array:
-    """Display text per token id; ids outside the vocabulary show as ``<id:N>``."""
-    n = len(vocab_texts)
-    valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n))
-    if n and pc.all(valid).as_py():
-        return pc.take(vocab_texts, ids)  # the common case: no string building per row
-    texts = pc.take(vocab_texts, pc.if_else(valid, ids, 0)) if n else pa.nulls(len(ids), pa.string())
-    unknown = pc.binary_join_element_wise("<id:", pc.cast(ids, pa.string()), ">", "")
-    return pc.if_else(valid, texts, unknown)
-
-
-def token_rows(table: pa.Table, vocab_texts: pa.Array) -> pa.Table:
+def token_rows(table: pa.Table, vocab: Vocab, vocab_texts: pa.Array | None = None) -> pa.Table:
     """One row per token: ``step, sample_id, group_id, position, token_id, token, entropy, logprob,
     reward, advantage``, then other per-response columns and extra per-token lists (``ratio`` ...)."""
     ent = table.column("entropy").combine_chunks()
@@ -81,7 +69,7 @@ def token_rows(table: pa.Table, vocab_texts: pa.Array) -> pa.Table:
             cols[name] = pc.take(table.column(name), parents)
     cols["position"] = pa.array((np.arange(len(ids)) - starts).astype(np.int32))
     cols["token_id"] = ids
-    cols["token"] = token_texts(ids, vocab_texts)
+    cols["token"] = vocab.arrow_texts(ids, vocab_texts)
     order = [c for c in TOKEN_FIRST if c in cols] + [c for c in cols if c not in TOKEN_FIRST]
     return pa.table({c: cols[c] for c in order})
 
@@ -89,20 +77,14 @@ def token_rows(table: pa.Table, vocab_texts: pa.Array) -> pa.Table:
 def response_rows(table: pa.Table, vocab: Vocab) -> pa.Table:
     """One row per response: its per-response columns (``prompt_text`` included), entropy mean/max, tokens
     above 0.672, response text."""
-    from wbtrace.stats import DEFAULT_THRESHOLD
+    from wbtrace.stats import response_entropy
 
-    ent = table.column("entropy").combine_chunks()
     keep = [c for c in table.column_names if not pa.types.is_list(table.schema.field(c).type)]
     out = {c: table.column(c) for c in keep}
-    flat = pc.list_flatten(ent).cast(pa.float32())
-    parents = pc.list_parent_indices(ent)
-    grouped = pa.table({"row": parents, "h": flat, "hi": pc.greater(flat, DEFAULT_THRESHOLD)}).group_by("row").aggregate(
-        [("h", "mean"), ("h", "max"), ("hi", "sum")])
-    idx = grouped.column("row").to_numpy()
-    for src, dst in (("h_mean", "entropy_mean"), ("h_max", "entropy_max"), ("hi_sum", "n_above_threshold")):
-        vals = np.full(table.num_rows, np.nan if dst != "n_above_threshold" else 0)
-        vals[idx] = grouped.column(src).to_numpy(zero_copy_only=False)
-        out[dst] = pa.array(vals.astype(np.int32) if dst == "n_above_threshold" else vals.astype(np.float32))
+    summary = response_entropy(table)
+    out["entropy_mean"] = pa.array(summary["entropy_mean"].astype(np.float32))
+    out["entropy_max"] = pa.array(summary["entropy_max"].astype(np.float32))
+    out["n_above_threshold"] = pa.array(summary["n_above"].astype(np.int32))
     if "response_text" not in out:
         out["response_text"] = pa.array([vocab.decode(ids) for ids in table.column("token_ids").to_pylist()])
     return pa.table(out)
@@ -168,15 +150,8 @@ def _open_output(path: str, fmt: str) -> Iterator[IO[bytes]]:
             raise BadInputError("--format parquet needs -o FILE (Parquet cannot stream to stdout)")
         yield sys.stdout.buffer
         return
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(dest)  # a failed export never leaves a half file under the real name
+    with atomic_output(path, parents=False) as tmp, open(tmp, "wb") as f:  # a failed export leaves no half file
+        yield f
 
 
 def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: str = "csv", level: str = "token",
@@ -194,7 +169,7 @@ def export_steps(store: TraceStore, steps: Iterable[int], out: str = "-", fmt: s
             for step, table in store.iter_steps(steps):
                 if level == "token":
                     for batch in response_batches(table):
-                        sink.write(filter_rows(token_rows(batch, vocab.arrow_texts), where))
+                        sink.write(filter_rows(token_rows(batch, vocab), where))
                 else:
                     sink.write(filter_rows(response_rows(table, vocab), where))
                 if progress is not None:

@@ -1,4 +1,7 @@
-"""``wbtrace mirror``: copy a trace into an MLflow run, idempotently.
+"""``wbtrace mirror``: copy a local trace into an MLflow run, idempotently, with the MLflow sink's own calls.
+
+Any other source is first pulled (`wbtrace.sources.pull.pull`, in ``wbtrace.cli.mirror``): a mirror is
+"pull from a source, push through a sink".
 
 The run is found again by the trace's id (tag ``wbtrace.trace_id``), so re-running the mirror, or
 running it after a training run whose MLflow sink went down, uploads only what is missing: step
@@ -11,23 +14,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from wbtrace.errors import SourceError
-from wbtrace.sinks.mlflow import (
+from wbtrace.backends.mlflow import (
     ARTIFACT_ROOT,
     TRACE_ID_TAG,
     WANDB_RUN_TAG,
+    connect,
+    local_artifact_location,
+)
+from wbtrace.errors import SourceError
+from wbtrace.sinks.mlflow import (
     find_or_create_run,
     get_or_create_experiment,
-    local_artifact_location,
     log_metric_dict,
     log_run_metadata,
     log_step_file,
-    step_metrics,
+    mlflow_step_metrics,
     trace_id,
 )
-from wbtrace.sources.mlflow import connect, get_run_or_fail, list_step_artifacts
+from wbtrace.sources.mlflow import get_run_or_fail, list_step_artifacts
+from wbtrace.steps import StepSelection
 from wbtrace.store import RUN_JSON, VOCAB_FILE, TraceStore
 
 if TYPE_CHECKING:
@@ -83,7 +90,7 @@ def _sync_run_files(client: MlflowClient, run_id: str, store: TraceStore) -> lis
 
 def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: str | None = None,
                  experiment: str = "wbtrace", run_name: str | None = None, wandb_run_id: str | None = None,
-                 progress: Progress | None = None) -> MirrorReport:
+                 progress: Progress | None = None, steps: StepSelection | None = None) -> MirrorReport:
     """Copy the local trace at ``run_dir`` into MLflow; returns what was uploaded.
 
     Parameters
@@ -98,6 +105,8 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
     wandb_run_id : str, optional
         Tagged as ``wandb.run_id``.
     progress : callable(done, total), optional
+    steps : StepSelection, optional
+        The steps to mirror (default: every committed step).
     """
     store = TraceStore(run_dir)
     client, uri = connect(tracking_uri)
@@ -107,9 +116,9 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
     log_run_metadata(client, rid, store.run_info, tags)
     report.run_files = _sync_run_files(client, rid, store)
     remote = list_step_artifacts(client, rid)
-    committed = set(store.steps)
-    manifest = [e for e in store.manifest if e["step"] in committed]
-    wanted = {e["step"]: step_metrics(e) for e in manifest}
+    chosen = set(store.select(steps))
+    manifest = [e for e in store.manifest if e["step"] in chosen]
+    wanted = {e["step"]: mlflow_step_metrics(e) for e in manifest}
     history = _logged_steps(client, rid, {k for m in wanted.values() for k in m})
     for i, entry in enumerate(manifest, 1):
         step = entry["step"]
@@ -126,8 +135,3 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
         if progress:
             progress(i, len(manifest))
     return report
-
-
-def summary(report: MirrorReport) -> dict[str, Any]:
-    return {"run_id": report.run_id, "tracking_uri": report.tracking_uri, "uploaded": len(report.uploaded),
-            "already_there": len(report.already_there), "metrics_logged": report.metrics_logged}

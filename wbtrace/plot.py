@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from wbtrace.errors import BadInputError, require
+from wbtrace.stats import DEFAULT_THRESHOLD
 from wbtrace.store import TraceStore
 
 
@@ -60,7 +61,7 @@ def _entropy_panel(ax, x, manifest) -> None:
 
 
 def _share_panel(ax, x, manifest) -> None:
-    threshold = manifest[-1].get("threshold", 0.672)
+    threshold = manifest[-1].get("threshold", DEFAULT_THRESHOLD)
     ax.plot(x, [100 * (v or 0) for v in _series(manifest, "share_above")], color="C0")
     ax.set_ylabel("% of tokens")
     ax.set_title(f"share above {threshold:g} nats")

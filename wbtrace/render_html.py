@@ -13,8 +13,7 @@ import math
 from collections.abc import Sequence
 
 from wbtrace.palette import entropy_hex
-
-DEFAULT_THRESHOLD = 0.672  # the paper's 80th percentile
+from wbtrace.stats import DEFAULT_THRESHOLD
 
 
 def entropy_color(h: float | None) -> str:
@@ -81,7 +80,3 @@ def _attrs(h: float, threshold: float | None) -> str:
 def _text(text: str) -> str:
     return html.escape(_visible(text), quote=True)
 
-
-def escape(text: str) -> str:
-    """Escape untrusted text for HTML content and attributes."""
-    return html.escape(str(text), quote=True)

@@ -22,7 +22,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,8 +269,3 @@ def check_table(table: pa.Table, source: str = "table") -> None:
     for name in ("step", "sample_id", "token_ids", "entropy"):
         if name not in table.column_names:
             raise TraceFormatError(f"{source}: not a wbtrace step table (no column {name!r})")
-
-
-def extra_columns(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """The non-None entries of ``mapping``: what ``write_step(**extra)`` passes on to `pack_step`."""
-    return {k: v for k, v in mapping.items() if v is not None}

@@ -78,6 +78,23 @@ def step_stats(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[st
     return out
 
 
+def response_entropy(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, np.ndarray]:
+    """Per response: ``entropy_mean``, ``entropy_max`` (NaN for an empty response) and ``n_above``
+    (tokens with entropy above ``threshold``). The one definition the export, viewer and previews use."""
+    ent, rows, _ = token_arrays(table)
+    n = table.num_rows
+    counts = np.bincount(rows, minlength=n)
+    mean = np.full(n, np.nan)
+    mx = np.full(n, np.nan, dtype=np.float32)
+    nonempty = counts > 0
+    if ent.size:
+        starts = (np.cumsum(counts) - counts)[nonempty]
+        mean[nonempty] = np.add.reduceat(ent.astype(np.float64), starts) / counts[nonempty]
+        mx[nonempty] = np.maximum.reduceat(ent, starts)
+    n_above = np.bincount(rows, weights=ent > threshold, minlength=n).astype(np.int64)
+    return {"entropy_mean": mean, "entropy_max": mx, "n_above": n_above}
+
+
 def position_profile(table: pa.Table, bins: int = 10) -> list[float | None]:
     """Mean entropy by relative position in the response (deciles by default: 0-10%, ..., 90-100%)."""
     ent, rows, pos = token_arrays(table)

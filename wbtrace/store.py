@@ -17,8 +17,9 @@ import logging
 import os
 import re
 import shutil
-import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pyarrow as pa
 
 from wbtrace.errors import BadInputError, TraceFormatError
 from wbtrace.schema import SCHEMA_VERSION, check_table, read_parquet
+from wbtrace.steps import StepSelection, format_steps
 from wbtrace.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ RUN_JSON = "run.json"
 VOCAB_FILE = "vocab.parquet"
 MANIFEST = "manifest.jsonl"
 STEPS_DIR = "steps"
+TEMP_MARK = ".tmp-"
 _STEP_RE = re.compile(r"^step_(\d+)\.parquet$")
 
 
@@ -71,56 +74,59 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
-                 check: Callable[[Path], Any] | None = None) -> Any:
-    """Write ``data`` (or a copy of the file ``src``) to ``path`` whole or not at all.
+def temp_path(path: Path) -> Path:
+    """The one temporary name of an output being written: ``.<name>.tmp-<pid>-<thread>`` beside it.
 
-    Temp file in the same dir, fsync, rename. ``check(temp_path)`` runs before the rename and its
-    result is returned, so a bad download never replaces a good file.
+    Hidden (readers skip dot-files), unique per writer thread, and matched by `clean_temp_files`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    return path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}")
+
+
+def clean_temp_files(folder: Path) -> int:
+    """Remove what a crashed writer left half-written in ``folder`` (see `temp_path`); returns how many."""
+    found = list(Path(folder).glob(f".*{TEMP_MARK}*")) if Path(folder).is_dir() else []
+    for tmp in found:
+        tmp.unlink(missing_ok=True)
+    return len(found)
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, fsync: bool = True, parents: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s content to; on success it is renamed into place.
+
+    Whole or not at all: the content goes to `temp_path` in the same directory, is fsynced, then
+    renamed over ``path``; on any error the temporary file is removed and ``path`` is untouched.
+    ``parents=False`` leaves a missing folder an error (a mistyped output path is not created).
+    """
+    path = Path(path)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.unlink(missing_ok=True)
     try:
-        with os.fdopen(fd, "wb") as f:
-            if src is not None:
-                with open(src, "rb") as s:
-                    shutil.copyfileobj(s, f, 1 << 20)
-            else:
-                f.write(data or b"")
-            f.flush()
-            os.fsync(f.fileno())
-        result = check(Path(tmp)) if check is not None else None
+        yield tmp
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        return result
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def parse_steps(spec: str) -> tuple[int | None, int | None]:
-    """``"A:B"`` -> (A, B) inclusive; either side may be empty. ``"7"`` -> (7, 7)."""
-    try:
-        if ":" not in spec:
-            return int(spec), int(spec)
-        a, b = spec.split(":", 1)
-        return (int(a) if a.strip() else None, int(b) if b.strip() else None)
-    except ValueError:
-        raise BadInputError(f"bad step range {spec!r}: expected A:B, A:, :B or N") from None
+def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
+                 check: Callable[[Path], Any] | None = None) -> Any:
+    """Write ``data`` (or a copy of the file ``src``) to ``path`` with `atomic_output`.
 
-
-def format_steps(steps: list[int]) -> str:
-    """Compact listing for error messages: ``1-5, 8, 10-12``."""
-    if not steps:
-        return "none"
-    parts, start, prev = [], steps[0], steps[0]
-    for s in steps[1:] + [None]:
-        if s is not None and s == prev + 1:
-            prev = s
-            continue
-        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-        if s is not None:
-            start = prev = s
-    return ", ".join(parts)
+    ``check(temp_path)`` runs before the rename and its result is returned, so a bad download never
+    replaces a good file.
+    """
+    with atomic_output(path) as tmp:
+        if src is not None:
+            shutil.copyfile(src, tmp)
+        else:
+            tmp.write_bytes(data or b"")
+        return check(tmp) if check is not None else None
 
 
 class TraceStore:
@@ -196,22 +202,9 @@ class TraceStore:
     def step_path(self, step: int) -> Path:
         return self.run_dir / step_relpath(step)
 
-    def select(self, steps: Iterable[int] | None = None, step_range: str | None = None) -> list[int]:
-        """Steps to work on: the given ones (each must exist), those in ``"A:B"``, or all."""
-        have = self.steps
-        if steps:
-            missing = sorted(set(steps) - set(have))
-            if missing:
-                raise BadInputError(
-                    f"step {format_steps(missing)} not in {self.run_dir}; it has steps {format_steps(have)}"
-                )
-            chosen = set(steps)
-        else:
-            chosen = set(have)
-        if step_range:
-            lo, hi = parse_steps(step_range)
-            chosen = {s for s in chosen if (lo is None or s >= lo) and (hi is None or s <= hi)}
-        return sorted(chosen)
+    def select(self, selection: StepSelection | None = None) -> list[int]:
+        """Steps to work on: those of ``selection`` (each explicit one must exist), or all."""
+        return (selection or StepSelection()).resolve(self.steps, self.run_dir)
 
     def read_step(self, step: int, columns: list[str] | None = None) -> pa.Table:
         """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset."""

@@ -103,6 +103,22 @@ def build_vocab(tokenizer: Any = None, pieces: Sequence[str] | None = None, byte
     )
 
 
+def unknown_text(token_id: int) -> str:
+    """How a token id outside the vocabulary is shown, everywhere."""
+    return f"<id:{int(token_id)}>"
+
+
+def texts_for(texts: np.ndarray, ids: Any) -> np.ndarray:
+    """Display text of each id from a vocabulary's ``texts`` (object array of str; unknown ids as ``<id:N>``)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    out = np.empty(len(ids), dtype=object)
+    ok = (ids >= 0) & (ids < len(texts))
+    out[ok] = texts[ids[ok]]
+    for i in np.flatnonzero(~ok):
+        out[i] = unknown_text(ids[i])
+    return out
+
+
 class Vocab:
     """Lookup of display text by token id; unknown ids show as ``<id:N>``.
 
@@ -117,14 +133,14 @@ class Vocab:
         self.table = table
         self._n = table.num_rows if table is not None else 0
 
-    # Python lists of ~150k strings take ~50 ms to build: only on first use (export reads `arrow_texts`).
+    # Python lists of ~150k strings take ~50 ms to build: only on first use (export reads `texts_arrow`).
     @cached_property
     def texts(self) -> np.ndarray:
         """Display text by id (object array of str)."""
         return np.array(self.table.column("text").to_pylist() if self._n else [], dtype=object)
 
     @cached_property
-    def arrow_texts(self) -> pa.Array:
+    def texts_arrow(self) -> pa.Array:
         """Display text by id as one Arrow string array, straight from the file."""
         return self.table.column("text").combine_chunks() if self._n else pa.array([], pa.string())
 
@@ -142,17 +158,26 @@ class Vocab:
         return cls(read_parquet(path) if Path(path).exists() else None)
 
     def text(self, token_id: int) -> str:
-        return self.texts[token_id] if 0 <= token_id < len(self.texts) else f"<id:{token_id}>"
+        return self.texts[token_id] if 0 <= token_id < len(self.texts) else unknown_text(token_id)
 
     def texts_for(self, ids: np.ndarray) -> np.ndarray:
         """Vectorised `text` for an array of ids (object array of str)."""
-        ids = np.asarray(ids)
-        out = np.empty(len(ids), dtype=object)
-        ok = (ids >= 0) & (ids < len(self.texts))
-        out[ok] = self.texts[ids[ok]]
-        for i in np.flatnonzero(~ok):
-            out[i] = f"<id:{int(ids[i])}>"
-        return out
+        return texts_for(self.texts, ids)
+
+    def arrow_texts(self, ids: pa.Array, vocab_texts: pa.Array | None = None) -> pa.Array:
+        """`text` for an Arrow array of ids, with Arrow kernels (``vocab_texts``: `texts` as Arrow, if at hand)."""
+        import pyarrow.compute as pc
+
+        if vocab_texts is None:
+            vocab_texts = self.texts_arrow
+        n = len(vocab_texts)
+        valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n))
+        if n and pc.all(valid).as_py():
+            return pc.take(vocab_texts, ids)  # the common case: no string building per row
+        texts = pc.take(vocab_texts, pc.if_else(valid, ids, 0)) if n else pa.nulls(len(ids), pa.string())
+        prefix, suffix = unknown_text(0).split("0")
+        unknown = pc.binary_join_element_wise(prefix, pc.cast(ids, pa.string()), suffix, "")
+        return pc.if_else(valid, texts, unknown)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of a token sequence, multi-byte characters split across tokens joined correctly."""

@@ -2,7 +2,7 @@
 
 ``write_step`` copies the caller's arrays (one device-to-host copy) and puts them on a bounded queue;
 a background thread packs the Parquet file, renames it into place, appends the manifest line and
-hands the committed step to the sinks (W&B, MLflow). Rules (DESIGN.md section 8):
+hands the committed step to the sinks (W&B, MLflow). Rules:
 
 * Tracing never kills or stalls training: every error becomes a warning and a counter in the
   `WriterReport` that ``close()`` returns; when the queue is full for ``max_block_s`` the step is
@@ -45,7 +45,9 @@ from wbtrace.store import (
     STEPS_DIR,
     VOCAB_FILE,
     TraceStore,
+    atomic_output,
     atomic_write,
+    clean_temp_files,
     parse_step_filename,
     read_manifest,
     step_relpath,
@@ -83,22 +85,15 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
     Entropy/log-prob lists use PLAIN encoding: DuckDB cannot read BYTE_STREAM_SPLIT float16, and a
     float16 dictionary (up to 65,536 values) costs more than it saves.
     """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     plain = [f"{c}.list.element" for c in table.column_names
              if pa.types.is_list(table.schema.field(c).type) and pa.types.is_floating(table.schema.field(c).type.value_type)]
     dictionary = [c for c in ("group_id",) if c in table.column_names]
     # Min/max statistics help readers skip row groups by step or sample; on token lists they cost time.
     scalars = [c for c in table.column_names if not pa.types.is_list(table.schema.field(c).type)]
-    try:
+    with atomic_output(path) as tmp:
         pq.write_table(table, tmp, compression=compression, compression_level=compression_level,
                        use_dictionary=dictionary, column_encoding={c: "PLAIN" for c in plain},
                        write_statistics=scalars, row_group_size=max(table.num_rows, 1))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path.stat().st_size
 
 
@@ -161,8 +156,8 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
     are renamed ``*.corrupt``, never deleted.
     """
     steps_dir = run_dir / STEPS_DIR
-    for tmp in steps_dir.glob(".step_*.tmp-*"):
-        tmp.unlink(missing_ok=True)
+    clean_temp_files(run_dir)
+    clean_temp_files(steps_dir)
     manifest = run_dir / MANIFEST
     if manifest.exists() and manifest.stat().st_size and not manifest.read_bytes().endswith(b"\n"):
         good = [json.dumps(e, separators=(",", ":")) + "\n" for e in read_manifest(manifest)]
@@ -267,11 +262,6 @@ class TraceWriter:
         """The highest committed step (None for a new trace): where a resumed trainer goes on."""
         with self._lock:
             return max(self._committed, default=None)
-
-    @property
-    def committed_steps(self) -> set[int]:
-        with self._lock:
-            return set(self._committed)
 
     def write_step(self, step: int, token_ids: Any, response_mask: Any, entropy: Any, logprob: Any = None,
                    reward: Any = None, advantage: Any = None, group_id: Any = None, prompt_index: Any = None,

@@ -44,6 +44,23 @@ CHARTS: dict[str, Chart] = {
     "wbtrace-entropy-by-position": Chart(
         "entropy_by_position.json", "wbtrace: entropy by relative position", "history",
         {"step": "trace/step", "run": RUN_FIELD}, tuple(pos_key(i) for i in range(POSITION_BINS))),
+    # The analyses (wbtrace.analysis.step_scalars, logged by the sink as trace/<key>; docs/analyses.md).
+    "wbtrace-cov-entropy": Chart(
+        "cov_entropy_change.json", "wbtrace: covariance vs entropy change", "history",
+        {"step": "trace/step", "cov_mean": "trace/cov_mean", "entropy_mean": "trace/cov_entropy_mean",
+         "run": RUN_FIELD}),
+    "wbtrace-position-heatmap": Chart(
+        "position_heatmap.json", "wbtrace: entropy by step and position", "history",
+        {"step": "trace/step", "run": RUN_FIELD}, tuple(pos_key(i) for i in range(POSITION_BINS))),
+    "wbtrace-forks-trend": Chart(
+        "forks_trend.json", "wbtrace: forking-token concentration", "history",
+        {"step": "trace/step", "top_share": "trace/forks_top_share", "top_fork_share": "trace/forks_top_fork_share",
+         "run": RUN_FIELD}),
+    "wbtrace-group-shares": Chart(
+        "group_shares.json", "wbtrace: all-correct / all-wrong groups", "history",
+        {"step": "trace/step", "share_all_correct": "trace/share_all_correct",
+         "share_all_wrong": "trace/share_all_wrong", "share_zero_spread": "trace/share_zero_spread",
+         "run": RUN_FIELD}),
     "wbtrace-token-heatmap": Chart(
         "token_heatmap.json", "wbtrace: token heatmap", "heatmap.table.json",
         {"row": "row", "label": "label", "position": "position", "token": "token", "entropy": "entropy",

@@ -36,43 +36,58 @@ KL_COV_RATIO = 2e-4
 KEPT = Where(kept=True)
 
 
-def token_cov(store: TraceStore, steps: Iterable[int] | None = None, where: Where = KEPT, *,
-              clip_cov_ratio: float = CLIP_COV_RATIO, clip_cov_lb: float = CLIP_COV_LB,
-              clip_cov_ub: float = CLIP_COV_UB, kl_cov_ratio: float = KL_COV_RATIO) -> pl.LazyFrame:
-    """One row per selected token: ``step, sample_id, pos, token_id, entropy, logprob, advantage, cov``,
-    ``clip_cov_candidate`` (inside Clip-Cov's bounds) and ``kl_cov`` (among KL-Cov's top-k of its step)."""
+def _centred(store: TraceStore, steps: Iterable[int] | None, where: Where, positions: bool = False) -> pl.LazyFrame:
+    """The selected tokens with ``cov = (A - mean A) (log p - mean log p)``, means per step."""
     import polars as pl
 
-    lf = tokens(store, steps, where, ("token_ids", "entropy", "logprob"), ("step", "sample_id", "advantage"))
+    lf = tokens(store, steps, where, ("token_ids", "entropy", "logprob"), ("step", "sample_id", "advantage"),
+                positions=positions)
     lf = lf.filter(pl.col("logprob").is_not_null() & pl.col("advantage").is_not_null())
     adv, lp = pl.col("advantage").cast(pl.Float64), pl.col("logprob").cast(pl.Float64)
+    return lf.with_columns(cov=(adv - adv.mean().over("step")) * (lp - lp.mean().over("step")))
+
+
+def _at_least_one(n: pl.Expr, ratio: float) -> pl.Expr:
+    """verl's ``max(int(ratio * n), 1)``."""
+    import polars as pl
+
+    return pl.max_horizontal((n * ratio).floor().cast(pl.Int64), pl.lit(1))
+
+
+def token_cov(store: TraceStore, steps: Iterable[int] | None = None, where: Where = KEPT, *,
+              clip_cov_ratio: float = CLIP_COV_RATIO, clip_cov_lb: float = CLIP_COV_LB,
+              clip_cov_ub: float = CLIP_COV_UB, kl_cov_ratio: float = KL_COV_RATIO,
+              positions: bool = False) -> pl.LazyFrame:
+    """One row per selected token: ``step, sample_id, token_id, entropy, logprob, advantage, cov`` (and ``pos``
+    with ``positions``), ``clip_cov_candidate`` (inside Clip-Cov's bounds) and ``kl_cov`` (among KL-Cov's
+    top-k of its step: a sort per step, so only this per-token view pays for it)."""
+    import polars as pl
+
     n = pl.len().over("step")
-    k = pl.max_horizontal((n * kl_cov_ratio).floor().cast(pl.Int64), pl.lit(1))
-    return lf.with_columns(
-        cov=(adv - adv.mean().over("step")) * (lp - lp.mean().over("step")),
-    ).with_columns(
+    return _centred(store, steps, where, positions).with_columns(
         clip_cov_candidate=(pl.col("cov") > clip_cov_lb) & (pl.col("cov") < clip_cov_ub),
-        kl_cov=pl.col("cov").rank("ordinal", descending=True).over("step") <= k,
-        clip_cov_n=pl.max_horizontal((n * clip_cov_ratio).floor().cast(pl.Int64), pl.lit(1)),
+        kl_cov=pl.col("cov").rank("ordinal", descending=True).over("step") <= _at_least_one(n, kl_cov_ratio),
+        clip_cov_n=_at_least_one(n, clip_cov_ratio),
     )
 
 
-def cov_by_step(store: TraceStore, steps: Iterable[int] | None = None, where: Where = KEPT,
-                **ratios: float) -> pl.DataFrame:
+def cov_by_step(store: TraceStore, steps: Iterable[int] | None = None, where: Where = KEPT, *,
+                clip_cov_ratio: float = CLIP_COV_RATIO, clip_cov_lb: float = CLIP_COV_LB,
+                clip_cov_ub: float = CLIP_COV_UB, kl_cov_ratio: float = KL_COV_RATIO) -> pl.DataFrame:
     """Per step: ``n_tokens, cov_mean, entropy_mean, reward_mean``, the next chosen step and the observed
     entropy change to it (``entropy_change = H(next) - H(step)``), Clip-Cov's ``clip_cov_candidates`` and
     ``clip_cov_clipped`` (how many it would detach), and ``kl_cov_k``. Steps without tokens keep a row of nulls."""
     import polars as pl
 
     chosen = chosen_steps(store, steps)
-    lf = token_cov(store, chosen, where, **ratios)
-    per = lf.group_by("step").agg(
+    cand = ((pl.col("cov") > clip_cov_lb) & (pl.col("cov") < clip_cov_ub)).sum()
+    per = _centred(store, chosen, where).group_by("step").agg(
         n_tokens=pl.len(),
         cov_mean=pl.col("cov").mean(),
         entropy_mean=pl.col("entropy").mean(),
-        clip_cov_candidates=pl.col("clip_cov_candidate").sum(),
-        clip_cov_clipped=pl.min_horizontal(pl.col("clip_cov_candidate").sum(), pl.col("clip_cov_n").first()),
-        kl_cov_k=pl.col("kl_cov").sum(),
+        clip_cov_candidates=cand,
+        clip_cov_clipped=pl.min_horizontal(cand, _at_least_one(pl.len(), clip_cov_ratio)),
+        kl_cov_k=_at_least_one(pl.len(), kl_cov_ratio),
     ).collect()
     df = steps_frame(chosen).join(per, on="step", how="left")
     if has_columns(store, chosen, ["reward"]):
@@ -108,6 +123,6 @@ def top_cov_tokens(store: TraceStore, step: int, where: Where = KEPT, top: int =
     """The ``top`` tokens of largest covariance at ``step``, with their Clip-Cov / KL-Cov flags and text."""
     from wbtrace.analysis.frames import with_text
 
-    df = token_cov(store, [step], where, **ratios).sort("cov", descending=True).head(top).collect()
+    df = token_cov(store, [step], where, positions=True, **ratios).sort("cov", descending=True).head(top).collect()
     return with_text(df, store).select("step", "sample_id", "pos", "token_id", "text", "entropy", "logprob",
                                        "advantage", "cov", "clip_cov_candidate", "kl_cov")

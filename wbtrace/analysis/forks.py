@@ -37,12 +37,14 @@ def _forking(store: TraceStore, steps: Iterable[int] | None, where: Where, thres
 def _aggregate(lf: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
     import polars as pl
 
+    fork_h = pl.when(pl.col("fork")).then(pl.col("entropy")).otherwise(0.0)
     return lf.group_by(keys).agg(
         count=pl.len(),
         forks=pl.col("fork").sum(),
         entropy_mean=pl.col("entropy").mean(),
-        fork_entropy_mean=pl.col("entropy").filter(pl.col("fork")).mean(),
-    ).with_columns(fork_share=pl.col("forks") / pl.col("count"))
+        fork_entropy_sum=fork_h.sum(),  # a sum, not filter().mean(): a filter per group costs 2x here
+    ).with_columns(fork_share=pl.col("forks") / pl.col("count"),
+                   fork_entropy_mean=(pl.col("fork_entropy_sum") / pl.col("forks")).cast(pl.Float32))
 
 
 def forks(store: TraceStore, steps: Iterable[int] | None = None, *, threshold: float = DEFAULT_THRESHOLD,

@@ -97,11 +97,12 @@ def responses(store: TraceStore, steps: Iterable[int] | None = None, where: Wher
     return lf
 
 
-def tokens(store: TraceStore, steps: Iterable[int] | None = None, where: Where = ALL,
+def tokens(store: TraceStore | pa.Table, steps: Iterable[int] | None = None, where: Where = ALL,
            token_columns: Sequence[str] = ("token_ids", "entropy"),
-           response_columns: Sequence[str] = ("step", "sample_id")) -> pl.LazyFrame:
-    """One row per token: ``response_columns``, ``token_columns`` (exploded together; ``token_ids`` becomes
-    ``token_id``), ``pos`` (0-based), ``length`` and ``rel_pos = pos / length`` in [0, 1).
+           response_columns: Sequence[str] = ("step", "sample_id"), positions: bool = False) -> pl.LazyFrame:
+    """One row per token: ``response_columns`` and ``token_columns`` (exploded together; ``token_ids``
+    becomes ``token_id``); with ``positions`` also ``pos`` (0-based), ``length`` and ``rel_pos = pos / length``
+    in [0, 1) (they cost a third more: only the analyses that need them ask).
 
     Float token columns come out as float32 (float16 sums lose digits).
     """
@@ -111,13 +112,16 @@ def tokens(store: TraceStore, steps: Iterable[int] | None = None, where: Where =
     names = lf.collect_schema().names()
     require(names, [*response_columns, *token_columns])
     lists = list(token_columns)
-    lf = lf.select(*response_columns, *lists).with_columns(
-        length=pl.col(lists[0]).list.len().cast(pl.Int32),
-        pos=pl.int_ranges(0, pl.col(lists[0]).list.len(), dtype=pl.Int32),
-    ).explode(["pos", *lists])
-    lf = lf.filter(pl.col("pos").is_not_null())  # an empty response explodes to one null row
+    lf = lf.select(*response_columns, *lists)
+    if positions:
+        n = pl.col(lists[0]).list.len()
+        lf = lf.with_columns(length=n.cast(pl.Int32), pos=pl.int_ranges(0, n, dtype=pl.Int32))
+        lists = ["pos", *lists]
+    lf = lf.explode(lists).filter(pl.col(lists[0]).is_not_null())  # polars < 2 made an empty list one null row
     casts = {c: pl.col(c).cast(pl.Float32) for c in lists if c in ("entropy", "logprob", "ratio")}
-    lf = lf.with_columns(rel_pos=pl.col("pos") / pl.col("length"), **casts)
+    if positions:
+        casts["rel_pos"] = pl.col("pos") / pl.col("length")
+    lf = lf.with_columns(**casts)
     return lf.rename({"token_ids": "token_id"}) if "token_ids" in lists else lf
 
 

@@ -33,7 +33,7 @@ def pass_at_k(n: np.ndarray, c: np.ndarray, k: int | np.ndarray) -> np.ndarray:
     return np.where(k <= n, out, np.nan)
 
 
-def _group_frame(store: TraceStore, steps: list[int], where: Where) -> pl.LazyFrame:
+def _group_frame(store: TraceStore, steps: list[int], where: Where, entropy: bool = True) -> pl.LazyFrame:
     import polars as pl
 
     if not has_columns(store, steps, ["group_id"]):
@@ -41,12 +41,14 @@ def _group_frame(store: TraceStore, steps: list[int], where: Where) -> pl.LazyFr
     lf = responses(store, steps, where)
     names = lf.collect_schema().names()
     opt = {c: (pl.col(c) if c in names else pl.lit(None)) for c in ("reward", "correct", "kept")}
+    ent = pl.col("entropy").cast(pl.List(pl.Float32))
     lf = lf.with_columns(
         reward=opt["reward"].cast(pl.Float32),
         correct=opt["correct"].cast(pl.Boolean).fill_null(False),
         kept=opt["kept"].cast(pl.Boolean).fill_null(False),
-        h_mean=pl.col("entropy").cast(pl.List(pl.Float32)).list.mean().cast(pl.Float32),
-        h_max=pl.col("entropy").cast(pl.List(pl.Float32)).list.max(),
+        # the shares need no token data: reading the entropy lists would cost most of the query
+        h_mean=ent.list.mean().cast(pl.Float32) if entropy else pl.lit(None, pl.Float32),
+        h_max=ent.list.max() if entropy else pl.lit(None, pl.Float32),
     )
     return lf.group_by("step", "group_id").agg(
         n=pl.len(),
@@ -83,7 +85,7 @@ def group_shares(store: TraceStore, steps: Iterable[int] | None = None, where: W
     import polars as pl
 
     chosen = chosen_steps(store, steps)
-    per = _group_frame(store, chosen, where).group_by("step").agg(
+    per = _group_frame(store, chosen, where, entropy=False).group_by("step").agg(
         n_groups=pl.len(),
         n_kept_groups=pl.col("kept").sum(),
         share_all_correct=pl.col("all_correct").mean(),

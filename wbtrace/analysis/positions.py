@@ -27,7 +27,7 @@ def position_heatmap(store: TraceStore, steps: Iterable[int] | None = None, bins
     import polars as pl
 
     chosen = chosen_steps(store, steps)
-    lf = tokens(store, chosen, where, ("entropy",), ("step",))
+    lf = tokens(store, chosen, where, ("entropy",), ("step",), positions=True)
     per = lf.with_columns(bin=pl.min_horizontal((pl.col("rel_pos") * bins).floor().cast(pl.Int32),
                                                 pl.lit(bins - 1, pl.Int32))) \
         .group_by("step", "bin").agg(n_tokens=pl.len(), entropy_mean=pl.col("entropy").mean()).collect()
@@ -49,7 +49,7 @@ def end_share(store: TraceStore, steps: Iterable[int] | None = None, *, threshol
     import polars as pl
 
     chosen = chosen_steps(store, steps)
-    lf = tokens(store, chosen, where, ("entropy",), ("step",))
+    lf = tokens(store, chosen, where, ("entropy",), ("step",), positions=True)
     high = pl.col("entropy") > threshold
     per = lf.group_by("step").agg(
         n_tokens=pl.len(),

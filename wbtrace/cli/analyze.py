@@ -12,8 +12,9 @@ import click
 
 from wbtrace.cli.app import main
 from wbtrace.cli.frames_out import emit, format_choice, frame_table
-from wbtrace.cli.options import open_store, selected_steps, step_options, trace_dir_argument
+from wbtrace.cli.options import open_store, step_options, trace_dir_argument
 from wbtrace.stats import DEFAULT_THRESHOLD
+from wbtrace.steps import StepSelection
 from wbtrace.textsafe import rich_text
 
 POSITIVE = click.FloatRange(min=0, min_open=True)
@@ -53,7 +54,7 @@ def _where(kept: bool | None, correct: bool | None):
 @click.option("--low", is_flag=True, help="Instead: the most frequent tokens that never fork (low-entropy list).")
 @where_options
 @format_choice
-def forks_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
+def forks_cmd(trace_dir: str, steps: StepSelection, threshold: float,
               quantile: float | None, top: int, min_count: int, by: str | None, trend: bool, low: bool,
               kept: bool | None, correct: bool | None, fmt: str) -> None:
     """Forking tokens: the tokens most often above the entropy threshold, with their count, the share of
@@ -68,7 +69,7 @@ def forks_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
     from wbtrace.analysis import forks
 
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     where = _where(kept, correct)
     cut = f"above q{quantile:g} per step" if quantile is not None else f"above {threshold:g} nats"
     if low:
@@ -104,7 +105,7 @@ def _trend_wide(trend, top):
 @click.option("--clip-cov-ub", type=float, default=5.0, show_default=True, help="Clip-Cov's upper covariance bound.")
 @click.option("--kl-cov-ratio", type=POSITIVE, default=2e-4, show_default=True, help="KL-Cov's top-k ratio.")
 @format_choice
-def cov_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, all_responses: bool,
+def cov_cmd(trace_dir: str, steps: StepSelection, all_responses: bool,
             tokens_at: int | None, top: int, clip_cov_ratio: float, clip_cov_lb: float, clip_cov_ub: float,
             kl_cov_ratio: float, fmt: str) -> None:
     """Covariance of log-prob and advantage per step (verl's Clip-Cov definition) against the observed
@@ -119,14 +120,14 @@ def cov_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, all_
     from wbtrace.analysis.frames import column_names, require
 
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     require(column_names(store, chosen), ["logprob", "advantage"], "the covariance needs log-probs and advantages")
     where = Where() if all_responses else Where(kept=True)
     ratios = {"clip_cov_ratio": clip_cov_ratio, "clip_cov_lb": clip_cov_lb, "clip_cov_ub": clip_cov_ub,
               "kl_cov_ratio": kl_cov_ratio}
     per = covariance.cov_by_step(store, chosen, where, **ratios)
     fit = covariance.entropy_reward_fit(per)
-    toks = covariance.top_cov_tokens(store, store.select([tokens_at])[0], where, top, **ratios) \
+    toks = covariance.top_cov_tokens(store, store.select(StepSelection(steps=(tokens_at,)))[0], where, top, **ratios) \
         if tokens_at is not None else None
     if fmt == "json":
         from wbtrace.cli.frames_out import records
@@ -163,7 +164,7 @@ def _fit_line(fit: dict) -> str:
               help="The end of a response: its last share of tokens.")
 @where_options
 @format_choice
-def positions_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, bins: int, threshold: float,
+def positions_cmd(trace_dir: str, steps: StepSelection, bins: int, threshold: float,
                   tail: float, kept: bool | None, correct: bool | None, fmt: str) -> None:
     """Mean entropy by relative position in the response, step by step (a heatmap), and the share of
     high-entropy tokens in the last part of responses (arXiv 2508.02260).
@@ -176,7 +177,7 @@ def positions_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None
     from wbtrace.analysis import positions
 
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     where = _where(kept, correct)
     heat = positions.position_heatmap(store, chosen, bins, where)
     share = positions.end_share(store, chosen, threshold=threshold, tail=tail, where=where)
@@ -225,7 +226,7 @@ def groups_cmd(trace_dir: str, step: int, k: int | None, kept: bool | None, corr
     from wbtrace.analysis import groups
 
     store = open_store(trace_dir)
-    step = store.select([step])[0]
+    step = store.select(StepSelection(steps=(step,)))[0]
     where = _where(kept, correct)
     df = groups.groups(store, step, k, where)
     shares = groups.group_shares(store, [step], where)
@@ -270,7 +271,7 @@ def _groups_short(df):
               help="Print both runs' responses to this prompt (its # in the matched-prompts list, or its text), "
                    "token by token.")
 @format_choice
-def compare_cmd(trace_a: str, trace_b: str, steps: tuple[int, ...], step_range: str | None, top: int,
+def compare_cmd(trace_a: str, trace_b: str, steps: StepSelection, top: int,
                 threshold: float, prompt_step: int | None, prompt: str | None, fmt: str) -> None:
     """Two runs side by side: entropy, reward and accuracy curves, the overlap of their forking tokens
     per step, and the prompts both answered (with --prompt, their responses token by token).
@@ -285,7 +286,7 @@ def compare_cmd(trace_a: str, trace_b: str, steps: tuple[int, ...], step_range: 
 
     a, b = open_store(trace_a), open_store(trace_b)
     common = compare.common_steps(a, b)
-    chosen = [s for s in a.select(None, step_range) if s in set(common) and (not steps or s in steps)]
+    chosen = [s for s in a.select(steps) if s in set(common)]
     curves = compare.curves(a, b, CURVES)
     overlap = compare.fork_overlap_by_step(a, b, chosen, top=top, threshold=threshold)
     at = prompt_step if prompt_step is not None else (common[-1] if common else None)

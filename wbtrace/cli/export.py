@@ -11,11 +11,11 @@ from wbtrace.cli.options import (
     format_option,
     open_store,
     progress_bar,
-    selected_steps,
     step_options,
     trace_dir_argument,
 )
 from wbtrace.export import FORMATS, LEVELS, export_steps
+from wbtrace.steps import StepSelection
 
 
 @main.command("export")
@@ -26,8 +26,8 @@ from wbtrace.export import FORMATS, LEVELS, export_steps
 @format_option(FORMATS, "csv")
 @click.option("--where", metavar="EXPR", help='SQL filter on the rows, e.g. "entropy > 2 AND kept".')
 @click.option("-o", "--output", default="-", show_default=True, help="Output file, '-' for stdout.")
-def export_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, level: str, fmt: str,
-               where: str | None, output: str) -> None:
+def export_cmd(trace_dir: str, steps: StepSelection, level: str, fmt: str, where: str | None,
+               output: str) -> None:
     """Export steps as CSV, Parquet or JSONL, one row per token (default) or per response.
 
     Token rows: step, sample_id, group_id, position, token_id, token, entropy, logprob, reward,
@@ -40,7 +40,7 @@ def export_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, l
         wbtrace export outputs/demo/entropy_trace --level response --format jsonl
     """
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     with progress_bar(show=len(chosen) > 1) as bar:
         task = bar.add_task("exporting", total=len(chosen))
         rows = export_steps(store, chosen, output, fmt, level, where, progress=lambda _: bar.advance(task))

@@ -11,15 +11,9 @@ from rich.table import Table
 
 from wbtrace.cli.analyze import where_options
 from wbtrace.cli.app import main
-from wbtrace.cli.options import (
-    fmt_count,
-    fmt_float,
-    open_store,
-    selected_steps,
-    step_options,
-    trace_dir_argument,
-)
+from wbtrace.cli.options import fmt_count, fmt_float, open_store, step_options, trace_dir_argument
 from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
+from wbtrace.steps import StepSelection
 
 
 @main.command("ls")
@@ -70,8 +64,8 @@ def _stats_record(store, step: int, threshold: float, where=None) -> dict:
               help="Entropy (nats) above which a token counts as high-entropy.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per step) instead of tables.")
 @where_options
-def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, threshold: float,
-              as_json: bool, kept: bool | None, correct: bool | None) -> None:
+def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: bool, kept: bool | None,
+              correct: bool | None) -> None:
     """Per-step entropy statistics: percentiles, share above a threshold, correct vs incorrect,
     entropy by relative position, top forking tokens.
 
@@ -85,7 +79,7 @@ def stats_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, th
 
     store = open_store(trace_dir)
     where = Where(kept=kept, correct=correct)
-    records = [_stats_record(store, s, threshold, where) for s in selected_steps(store, steps, step_range)]
+    records = [_stats_record(store, s, threshold, where) for s in store.select(steps)]
     if as_json:
         click.echo(json.dumps(records, indent=1))
         return
@@ -145,7 +139,7 @@ def _position_table(records: list[dict]) -> Table:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Image file; the format follows the suffix (.png, .svg, .pdf). Default: entropy.png in "
                    "the current directory.")
-def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, output: Path | None) -> None:
+def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     """Plot entropy over training: percentile bands, share above the threshold, correct vs
     incorrect, reward (needs matplotlib: pip install 'wbtrace[plot]').
 
@@ -156,6 +150,6 @@ def plot_cmd(trace_dir: str, steps: tuple[int, ...], step_range: str | None, out
     from wbtrace.plot import plot_trace
 
     store = open_store(trace_dir)
-    chosen = selected_steps(store, steps, step_range)
+    chosen = store.select(steps)
     out = plot_trace(store, output or Path("entropy.png"), chosen)
     click.echo(f"wrote {out}", err=True)

@@ -1,4 +1,4 @@
-"""CLI command ``wbtrace mirror SRC DST``: copy a trace (local, W&B offline run, W&B run) into MLflow."""
+"""CLI command ``wbtrace mirror SRC DST``: pull a trace from any source, push it through the MLflow sink's rules."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from wbtrace.cli.app import main
-from wbtrace.cli.options import progress_bar
-from wbtrace.errors import BadInputError, SourceError
+from wbtrace.cli.options import progress_bar, step_options
+from wbtrace.errors import BadInputError
+from wbtrace.steps import StepSelection
 
 _URI_SCHEMES = ("http://", "https://", "sqlite:///", "postgresql", "mysql", "databricks")
 
@@ -29,26 +30,20 @@ def parse_target(dst: str) -> tuple[str | None, str | None]:
     raise BadInputError(f"{dst!r} is not an MLflow target: use mlflow://, mlflow://RUN_ID or a tracking URI")
 
 
-def local_source(src: str, tmp: ExitStack) -> tuple[Path, str | None, bool]:
-    """``(trace dir, W&B run id, is_local)``: W&B sources are pulled whole into a temporary dir first."""
-    from wbtrace.sources.pull import StepSpec
-    from wbtrace.store import RUN_JSON
+def local_trace(src: str, steps: StepSelection, tmp: ExitStack) -> tuple[Path, str | None, bool]:
+    """``(trace dir, W&B run id, is_local)``: any other source is first pulled into a temporary dir."""
+    from wbtrace.sources.local import LocalSource
+    from wbtrace.sources.pull import pull
+    from wbtrace.sources.refs import open_source
+    from wbtrace.sources.wandb_api import WandbApiSource
+    from wbtrace.sources.wandb_offline import WandbOfflineSource
 
-    path = Path(src)
-    if path.is_dir() and (path / RUN_JSON).is_file():
-        return path, None, True
+    source = open_source(src)
+    if isinstance(source, LocalSource):
+        return source.store.run_dir, None, True
     scratch = Path(tmp.enter_context(tempfile.TemporaryDirectory(prefix="wbtrace-mirror-"))) / "trace"
-    from wbtrace.sources.wandb_offline import is_offline_run_dir, pull_offline, trace_versions
-
-    if is_offline_run_dir(path):
-        run_id, _ = trace_versions(path)
-        return pull_offline(path, StepSpec(all=True), scratch), run_id, False
-    if path.exists():
-        raise SourceError(f"{src}: not a trace dir (no {RUN_JSON}) and not a W&B offline run dir")
-    from wbtrace.sources.wandb_api import pull_wandb  # a W&B run: [wandb://]ENTITY/PROJECT/RUN_ID
-
-    ref = src.removeprefix("wandb://")
-    return pull_wandb(ref, StepSpec(all=True), scratch), ref.rsplit("/", 1)[-1], False
+    wandb_run_id = source.run_id if isinstance(source, WandbApiSource | WandbOfflineSource) else None
+    return pull(source, steps, scratch), wandb_run_id, False
 
 
 @main.command("mirror")
@@ -59,7 +54,9 @@ def local_source(src: str, tmp: ExitStack) -> tuple[Path, str | None, bool]:
                    "store (sqlite:///SRC/mlflow.db).")
 @click.option("--experiment", default="wbtrace", show_default=True, help="Experiment of a new run.")
 @click.option("--run-name", metavar="NAME", help="Name of a new run.")
-def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, run_name: str | None) -> None:
+@step_options
+def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, run_name: str | None,
+               steps: StepSelection) -> None:
     """Copy a trace into MLflow; re-running uploads only what is missing.
 
     SRC is a local trace dir, a W&B offline run dir or a W&B run [wandb://]ENTITY/PROJECT/RUN_ID. DST is
@@ -72,19 +69,19 @@ def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, ru
     """
     import os
 
+    from wbtrace.backends.mlflow import default_tracking_uri
     from wbtrace.mirror import mirror_trace
-    from wbtrace.sinks.mlflow import default_tracking_uri
 
     run_id, uri_from_dst = parse_target(dst)
     with ExitStack() as stack:
-        trace_dir, wandb_run_id, is_local = local_source(src, stack)
+        trace_dir, wandb_run_id, is_local = local_trace(src, steps, stack)
         uri = tracking_uri or uri_from_dst or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None and is_local:
             uri = default_tracking_uri(trace_dir)
         with progress_bar() as bar:
             task = bar.add_task("mirroring", total=None)
             report = mirror_trace(trace_dir, uri, run_id=run_id, experiment=experiment, run_name=run_name,
-                                  wandb_run_id=wandb_run_id,
+                                  wandb_run_id=wandb_run_id, steps=steps,
                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
     click.echo(f"MLflow run {report.run_id} at {report.tracking_uri}: uploaded {len(report.uploaded)} step "
                f"files, {len(report.already_there)} already there, {report.metrics_logged} metric values logged")

@@ -1,7 +1,8 @@
-"""Options shared by several commands (trace dir, step selection, output format), defined once."""
+"""Options shared by several commands (trace argument, step selection, output format), defined once."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
+from wbtrace.steps import GRAMMAR, StepSelection
 from wbtrace.store import TraceStore
 
 
@@ -16,10 +18,28 @@ def trace_dir_argument(f: Callable) -> Callable:
     return click.argument("trace_dir", type=click.Path(file_okay=False, path_type=str))(f)
 
 
-def step_options(f: Callable) -> Callable:
-    """``--step N`` (repeatable) and ``--steps A:B`` (inclusive, either side open)."""
-    f = click.option("--steps", "step_range", metavar="A:B", help="Inclusive step range, e.g. 10:20, 50: or :5.")(f)
-    return click.option("--step", "steps", type=int, multiple=True, metavar="N", help="A step (repeatable).")(f)
+def step_options(f: Callable | None = None, *, all_flag: bool = False, default: str = "every step") -> Callable:
+    """``--step N`` (repeatable) and ``--steps SPEC`` (repeatable; `wbtrace.steps` grammar), given to the
+    command as one ``steps: StepSelection`` (the union of both; empty when neither is given).
+
+    ``all_flag`` adds ``--all`` (the same as ``--steps all``); ``default`` says in the help what no
+    selection means for this command.
+    """
+    def decorate(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def command(*args: Any, step: tuple[int, ...] = (), step_specs: tuple[str, ...] = (),
+                    all_steps: bool = False, **kwargs: Any) -> Any:
+            return f(*args, steps=StepSelection.parse(*step_specs, steps=step, all=all_steps), **kwargs)
+
+        if all_flag:
+            command = click.option("--all", "all_steps", is_flag=True, help="Every step the run has.")(command)
+        command = click.option("--steps", "step_specs", multiple=True, metavar="SPEC",
+                               help=f"Steps: {GRAMMAR}; e.g. 10:20, 50:, 1,5,9 (repeatable). "
+                                    f"Default: {default}.")(command)
+        return click.option("--step", "step", type=int, multiple=True, metavar="N",
+                            help="A step (repeatable).")(command)
+
+    return decorate(f) if f is not None else decorate
 
 
 def format_option(choices: tuple[str, ...], default: str) -> Callable:
@@ -29,15 +49,6 @@ def format_option(choices: tuple[str, ...], default: str) -> Callable:
 
 def open_store(trace_dir: str) -> TraceStore:
     return TraceStore(trace_dir)
-
-
-def selected_steps(store: TraceStore, steps: tuple[int, ...], step_range: str | None) -> list[int]:
-    from wbtrace.errors import BadInputError
-
-    chosen = store.select(steps or None, step_range)
-    if not chosen:
-        raise BadInputError(f"no steps selected in {store.run_dir} (it has {len(store.steps)} steps)")
-    return chosen
 
 
 def progress_bar(show: bool = True) -> Progress:

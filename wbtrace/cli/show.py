@@ -97,7 +97,7 @@ def print_response(console: Console, row: dict[str, Any], step: int, vocab: Voca
     console.print(response_text(tokens, row["entropy"], threshold, plain), soft_wrap=plain)
     if not plain:
         console.print(Text("scale: ") + Text.assemble(*((f" {h:g} ", f"{text_color_for(h)} on {entropy_hex(h)}")
-                                                         for h in (0, 0.3, 0.672, 1, 2, 3.5, 6)))
+                                                         for h in (0, 0.3, DEFAULT_THRESHOLD, 1, 2, 3.5, 6)))
                       + Text(f" nats; bold: above {threshold:g}; underline alternates per token"))
     else:
         console.print(f"(tokens between |; **token**: entropy above {threshold:g} nats)")

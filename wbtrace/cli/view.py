@@ -8,13 +8,13 @@ from pathlib import Path
 import click
 
 from wbtrace.cli.app import main
+from wbtrace.cli.options import step_options
+from wbtrace.steps import StepSelection
 
 
 @main.command()
 @click.argument("trace_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--steps", default=None, metavar="SPEC",
-              help="Steps to include: N, N,M,..., A:B (inclusive) or last. Default: the latest steps "
-                   "within ~4.5M tokens (all steps with --serve).")
+@step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: report.html in the current directory].")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -26,7 +26,7 @@ from wbtrace.cli.app import main
               help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
 @click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="OTHER_TRACE", help="A second trace for the Compare runs tab.")
-def view(trace_dir: Path, steps: str | None, output: Path | None, threshold: float | None, open_browser: bool,
+def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
          serve: bool, port: int, follow: bool, compare: Path | None) -> None:
     """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
 

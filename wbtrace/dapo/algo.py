@@ -209,14 +209,8 @@ def logprob_of(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float
 def entropy_and_logprob(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0):
     """Entropy (nats) and log-prob of the sampled tokens from raw logits / temperature, float32.
 
-    Uses the kernels package's ``entropy_logprob`` when present; a plain torch fallback otherwise.
+    Through `wbtrace.kernels.entropy_logprob` (fused on GPU, chunked on CPU).
     """
-    try:
-        from wbtrace.kernels import entropy_logprob
-    except ImportError:
-        entropy_logprob = None
-    if entropy_logprob is not None:
-        return entropy_logprob(logits, token_ids, temperature)
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    ent = -(logp.exp() * logp).sum(-1)
-    return ent, logp.gather(-1, token_ids[..., None].long()).squeeze(-1)
+    from wbtrace.kernels import entropy_logprob
+
+    return entropy_logprob(logits, token_ids, temperature)

@@ -49,6 +49,7 @@ from wbtrace.dapo.metrics import console_line, rollout_metrics
 from wbtrace.dapo.model import load_tokenizer, model_name, prepare_model
 from wbtrace.dapo.rollout import collect_step
 from wbtrace.errors import BadInputError
+from wbtrace.store import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -259,10 +260,8 @@ def save_checkpoint(out: Path, step: int, workers: list[Any], stream: PromptStre
     ckpt = out / "checkpoints" / f"global_step_{step:06d}"
     ckpt.mkdir(parents=True, exist_ok=True)
     ray.get(workers[0].save.remote(str(ckpt / "worker.pt")))
-    (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, "data_position": stream.position}))
-    latest = out / "checkpoints" / "latest_checkpointed_iteration.txt"
-    latest.with_suffix(".tmp").write_text(str(step))
-    os.replace(latest.with_suffix(".tmp"), latest)
+    atomic_write(ckpt / "trainer_state.json", json.dumps({"step": step, "data_position": stream.position}).encode())
+    atomic_write(out / "checkpoints" / "latest_checkpointed_iteration.txt", str(step).encode())
     for old in (out / "checkpoints").glob("global_step_*"):
         if old != ckpt:
             shutil.rmtree(old, ignore_errors=True)
@@ -288,4 +287,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric lines of steps after the checkpoint: they are about to be run again."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        atomic_write(path, "".join(ln + "\n" for ln in lines).encode())

@@ -2,8 +2,9 @@
 
 It does the three heavy things of a DAPO step on its data shard: ``rollout`` (batched sampling with
 the KV cache, then the old-log-prob pass that yields per-token entropy and log-prob from raw
-logits / temperature), and ``update`` (clipped policy loss, gradients all-reduced over
-``torch.distributed``: gloo on CPU, nccl on GPU). The class is plain Python; the trainer wraps it with
+logits / temperature), and ``update`` (DAPO's or Archer2.0's clipped policy loss, optionally a KL loss
+to a frozen copy of the initial policy; gradients all-reduced over ``torch.distributed``: gloo on CPU,
+nccl on GPU). The class is plain Python; the trainer wraps it with
 ``ray.remote`` so this module imports without Ray.
 
 Arrays cross the Ray boundary as numpy: ``(B, P)`` left-padded prompts, ``(B, T)`` right-padded responses.
@@ -354,11 +355,12 @@ class PolicyWorker:
     def save(self, path: str) -> None:
         import torch
 
+        from wbtrace.store import atomic_output
+
         if self.rank == 0:
-            tmp = path + ".tmp"
-            torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
-                        "sched": self.sched.state_dict()}, tmp)
-            os.replace(tmp, path)
+            with atomic_output(path) as tmp:
+                torch.save({"model": self.model.state_dict(), "optim": self.optim.state_dict(),
+                            "sched": self.sched.state_dict()}, tmp)
 
     def load(self, path: str) -> None:
         import torch

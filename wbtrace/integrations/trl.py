@@ -144,16 +144,8 @@ class WbtraceGRPOMixin:
 
 
 def _prompt_columns(tokenizer: Any, prompts: list[Any]) -> dict[str, Any]:
-    """``prompt_text`` always; ``prompt_token_ids`` only when the prompts differ in length.
-
-    The writer's snapshot stacks a list of equal-length id arrays into one [N, P] array and then
-    rejects it as a per-token column of the wrong width (reported to the lead); until that is fixed,
-    equal-length prompts are kept as text only.
-    """
-    cols: dict[str, Any] = {"prompt_text": tokenizer.batch_decode(prompts)}
-    if len({len(p) for p in prompts}) > 1:
-        cols["prompt_token_ids"] = prompts
-    return cols
+    """``prompt_text`` and ``prompt_token_ids`` of each response's prompt (padding removed)."""
+    return {"prompt_text": tokenizer.batch_decode(prompts), "prompt_token_ids": prompts}
 
 
 def torch_isin(ids: Any, values: Sequence[int]) -> Any:

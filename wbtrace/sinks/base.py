@@ -9,10 +9,24 @@ a few abstract methods, no-op defaults, one backend per module, backend imported
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
+METRIC_PREFIX = "trace/"
+# Manifest fields that describe the file or the run, not the step's numbers (docs/format.md).
+BOOKKEEPING = frozenset({"step", "file", "bytes", "committed_at", "recovered", "threshold", "schema_version"})
+
+
+def step_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """The metrics every sink logs for a step: ``trace/<key>`` for each number of its manifest line.
+
+    The one definition W&B history and MLflow metrics share (bookkeeping fields and non-numbers left out).
+    """
+    return {f"{METRIC_PREFIX}{k}": float(v) for k, v in stats.items()
+            if k not in BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 class TraceSink(ABC):

@@ -29,8 +29,6 @@ import logging
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,77 +36,39 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from wbtrace.errors import SourceError, WbtraceError, require
-from wbtrace.sinks.base import TraceSink
-from wbtrace.store import RUN_JSON, VOCAB_FILE, step_filename
+from wbtrace.backends.mlflow import (
+    ARTIFACT_ROOT,
+    STEPS_ARTIFACT_DIR,
+    TRACE_ID_TAG,
+    WANDB_RUN_TAG,
+    check_reachable,
+    default_tracking_uri,
+    is_remote,
+    local_artifact_location,
+    make_client,
+    preview_artifact_path,
+    refuse_file_uri,
+)
+from wbtrace.errors import WbtraceError, require
+from wbtrace.sinks.base import TraceSink, step_metrics
+from wbtrace.store import RUN_JSON, VOCAB_FILE
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_ROOT = "entropy_trace"
-STEPS_ARTIFACT_DIR = f"{ARTIFACT_ROOT}/steps"
-PREVIEW_ARTIFACT_DIR = f"{ARTIFACT_ROOT}/preview"
-TRACE_ID_TAG = "wbtrace.trace_id"
-WANDB_RUN_TAG = "wandb.run_id"
-METRIC_PREFIX = "trace/"
-# Manifest fields that are bookkeeping, not statistics.
-_NOT_METRICS = {"step", "file"}
 # MLflow's own limits (mlflow.utils.validation), restated so we can warn before it raises.
 MAX_KEY_LENGTH = 250
 MAX_PARAM_LENGTH = 6000
 MAX_TAG_LENGTH = 8000
 _BATCH = 100
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")
-_REMOTE_SCHEMES = ("http://", "https://")
 PREVIEW_ROWS = 16
 PREVIEW_TOKENS = 64
 
 
-# ---------------------------------------------------------------- URIs, clients, reachability
-
-
-def default_tracking_uri(run_dir: Path) -> str:
-    """The embedded store of a run directory: ``sqlite:///<run_dir>/mlflow.db``."""
-    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
-
-
-def local_artifact_location(tracking_uri: str) -> str | None:
-    """For a sqlite store, ``mlflow-artifacts/`` next to the database (MLflow's default is ``./mlruns``
-    in whatever the current directory is); None for servers, whose own artifact root applies."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    db = Path(tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-    return (db.resolve().parent / "mlflow-artifacts").as_uri()
-
-
-def is_remote(uri: str) -> bool:
-    return uri.startswith(_REMOTE_SCHEMES)
-
-
-def make_client(tracking_uri: str) -> MlflowClient:
-    mlflow = require("mlflow", "mlflow")
-    if tracking_uri.startswith("file:"):
-        raise WbtraceError(f"{tracking_uri}: MLflow 3 refuses file: stores; use sqlite:///PATH/mlflow.db or a server")
-    return mlflow.MlflowClient(tracking_uri=tracking_uri)
-
-
-def check_reachable(tracking_uri: str, timeout: float = 2.0) -> None:
-    """Raise `SourceError` in at most ``timeout`` seconds if a server URI does not answer ``/health``."""
-    if not is_remote(tracking_uri):
-        return
-    url = f"{tracking_uri.rstrip('/')}/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            if r.status == 200:
-                return
-            reason = f"HTTP {r.status}"
-    except urllib.error.HTTPError as e:
-        reason = f"HTTP {e.code}"
-    except OSError as e:
-        reason = str(getattr(e, "reason", e))
-    raise SourceError(f"cannot reach the MLflow server at {tracking_uri} ({reason})")
+# ---------------------------------------------------------------- calls that must not stall training
 
 
 def call_with_deadline(fn: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -159,15 +119,9 @@ def _fit_value(kind: str, key: str, value: str, limit: int) -> str:
     return value[: limit - 3] + "..."
 
 
-def step_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
-    """The numeric fields of a manifest line as ``trace/<name>`` metrics (bookkeeping fields left out)."""
-    out = {}
-    for k, v in stats.items():
-        if k in _NOT_METRICS or v is None or isinstance(v, (str, list, dict)):
-            continue
-        if isinstance(v, (bool, int, float)):
-            out[sanitize_key(f"{METRIC_PREFIX}{k}")] = float(v)
-    return out
+def mlflow_step_metrics(stats: Mapping[str, Any]) -> dict[str, float]:
+    """`wbtrace.sinks.base.step_metrics` with keys MLflow accepts (a source's extra manifest keys may not be)."""
+    return {sanitize_key(k): v for k, v in step_metrics(stats).items()}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -265,20 +219,16 @@ def log_metric_dict(client: MlflowClient, run_id: str, metrics: Mapping[str, flo
 
 
 def preview_rows(table: pa.Table, vocab: Any = None) -> dict[str, list]:
-    """The first responses of a step as columns for `MlflowClient.log_table` (text capped per row)."""
-    head = table.slice(0, PREVIEW_ROWS)
-    cols: dict[str, list] = {}
-    for name in ("sample_id", "group_id", "reward", "advantage", "response_length"):
-        if name in head.column_names:
-            cols[name] = head[name].to_pylist()
-    ents = head["entropy"].cast(pa.list_(pa.float32())).to_pylist()
-    cols["entropy_mean"] = [sum(e) / len(e) if e else None for e in ents]
-    cols["entropy_max"] = [max(e) if e else None for e in ents]
-    ids = head["token_ids"].to_pylist()
+    """A step's preview (`wbtrace.preview`) as columns for `MlflowClient.log_table` (text capped per row)."""
+    from wbtrace.preview import preview_columns, preview_sample
+
+    sub = preview_sample(table, PREVIEW_ROWS)
+    cols = preview_columns(sub)
+    ids = [t[:PREVIEW_TOKENS] for t in sub["token_ids"].to_pylist()]
     if vocab is not None:
-        cols["text"] = [vocab.decode(t[:PREVIEW_TOKENS]) for t in ids]
+        cols["text"] = [vocab.decode(t) for t in ids]
     else:
-        cols["token_ids"] = [json.dumps(t[:PREVIEW_TOKENS]) for t in ids]
+        cols["token_ids"] = [json.dumps(t) for t in ids]
     return cols
 
 
@@ -312,9 +262,7 @@ class MlflowSink(TraceSink):
                  run_name: str | None = None, tags: dict | None = None, preview_table: bool = False,
                  wandb_run_id: str | None = None, call_timeout: float = 10.0) -> None:
         require("mlflow", "mlflow")  # fail fast with the install hint
-        if tracking_uri is not None and tracking_uri.startswith("file:"):
-            raise WbtraceError(f"{tracking_uri}: MLflow 3 refuses file: stores; "
-                               "use sqlite:///PATH/mlflow.db or a server URI")
+        refuse_file_uri(tracking_uri)
         self.tracking_uri = tracking_uri
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.experiment = experiment
@@ -397,10 +345,10 @@ class MlflowSink(TraceSink):
         def work() -> None:
             client = self._ensure_run()
             log_step_file(client, self.run_id, Path(step_file))
-            log_metric_dict(client, self.run_id, step_metrics(stats), step)
+            log_metric_dict(client, self.run_id, mlflow_step_metrics(stats), step)
             if self.preview_table:
                 client.log_table(self.run_id, data=preview_rows(table, self._load_vocab()),
-                                 artifact_file=f"{PREVIEW_ARTIFACT_DIR}/{step_filename(step)[:-8]}.json")
+                                 artifact_file=preview_artifact_path(step))
 
         self._call(f"step {step}", work)
 
@@ -418,11 +366,6 @@ class MlflowSink(TraceSink):
             return
         state = "FINISHED" if status == "success" else "FAILED"
         self._call("finish", lambda: self._client.set_terminated(self.run_id, status=state))
-
-    def report(self) -> dict[str, Any]:
-        """Counters for the writer's close report."""
-        return {"sink": self.name, "run_id": self.run_id, "tracking_uri": self.tracking_uri,
-                "errors": self.errors, "skipped": self.skipped, "degraded": self.degraded}
 
     def _load_vocab(self) -> Any:
         if self._vocab is None and self.run_dir is not None and (self.run_dir / VOCAB_FILE).exists():

@@ -16,6 +16,7 @@ cost, plus one vectorised pass for the histogram and the position profile.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -24,13 +25,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from wbtrace.preview import preview_columns, preview_sample
 from wbtrace.render_html import token_spans_html
+from wbtrace.sinks.base import step_metrics
 from wbtrace.stats import DEFAULT_THRESHOLD
+from wbtrace.vocab import texts_for
 
 HIST_WIDTH, HIST_BINS = 0.5, 24  # 0-12 nats; the last bin takes everything from 11.5 up (ln 151,936 = 11.93)
 POSITION_BINS = 10
 HIST_PREFIX, POS_PREFIX = "trace_hist/b", "trace_pos/d"
-NOT_METRICS = {"step", "file", "bytes", "committed_at", "recovered", "threshold", "schema_version"}
 HEATMAP_COLUMNS = ["row", "label", "sample_id", "group_id", "reward", "correct", "position", "token", "entropy"]
 PREVIEW_COLUMNS = ["step", "sample_id", "group_id", "reward", "correct", "entropy_mean", "entropy_max",
                    "length", "top_forking", "artifact", "tokens"]
@@ -100,20 +103,32 @@ def position_means(table: pa.Table, bins: int = POSITION_BINS) -> list[float | N
     return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
 
 
-def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table) -> dict[str, Any]:
-    """The step's history row (scalars only), plus ``_hist`` = (counts, edges) for a `wandb.Histogram`."""
+def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table, analyses: bool = True) -> dict[str, Any]:
+    """The step's history row (scalars only), plus ``_hist`` = (counts, edges) for a `wandb.Histogram`;
+    with ``analyses`` also `analysis_scalars`."""
     data: dict[str, Any] = {"trace/step": int(step)}
-    for key, value in stats.items():
-        if key not in NOT_METRICS and isinstance(value, int | float) and not isinstance(value, bool):
-            if not (isinstance(value, float) and not math.isfinite(value)):
-                data[f"trace/{key}"] = value
+    data.update({k: v for k, v in step_metrics(stats).items() if math.isfinite(v)})
     if not table.num_rows:
         return data
     counts, top = entropy_histogram(flat_entropy(table))
     data.update({hist_key(i): int(c) for i, c in enumerate(counts)})
     data.update({pos_key(i): p for i, p in enumerate(position_means(table)) if p is not None})
     data["_hist"] = (counts, hist_edges(top))
+    if analyses:
+        data.update(analysis_scalars(table))
     return data
+
+
+def analysis_scalars(table: pa.Table) -> dict[str, float]:
+    """``trace/<key>`` for `wbtrace.analysis.step_scalars` (covariance, group shares, end share, fork
+    concentration: the analysis presets' rows); a step they cannot analyse logs none of them."""
+    from wbtrace.analysis.step_scalars import step_scalars
+
+    try:
+        return {f"trace/{k}": v for k, v in step_scalars(table).items()}
+    except Exception as e:  # noqa: BLE001  (an analysis must never cost the step its history row)
+        logging.getLogger(__name__).warning("analysis scalars skipped for this step: %s", e)
+        return {}
 
 
 def _numpy(table: pa.Table, name: str, fill: Any) -> np.ndarray | None:
@@ -195,13 +210,14 @@ def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, thresho
     """
     if not table.num_rows or n_rows <= 0:
         return list(PREVIEW_COLUMNS), []
-    idx = np.unique(np.linspace(0, table.num_rows - 1, min(n_rows, table.num_rows)).astype(np.int64))
-    sub = table.take(pa.array(idx))
+    sub = preview_sample(table, n_rows)
+    idx = np.arange(sub.num_rows)
     ent_col = sub.column("entropy").combine_chunks()
     cols = _take(sub, np.arange(len(idx)), max_tokens,
                  ("step", "sample_id", "group_id", "reward", "correct", "response_length", "token_ids", "entropy"))
     full_len = pc.list_value_length(ent_col).fill_null(0).to_pylist()  # before the cut to max_tokens
-    mean, top = _row_stats(ent_col)
+    summary = preview_columns(sub)
+    mean, top = summary["entropy_mean"], summary["entropy_max"]
     none = [None] * len(idx)
     rows = []
     for i in range(len(idx)):
@@ -215,25 +231,10 @@ def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, thresho
     return list(PREVIEW_COLUMNS), rows
 
 
-def _row_stats(col: pa.Array) -> tuple[list[float | None], list[float | None]]:
-    """Mean and max entropy of each row, over all of its tokens (vectorised)."""
-    lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float64)
-    starts = np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64)
-    nonempty = lengths > 0
-    sums = np.add.reduceat(np.nan_to_num(flat), starts[nonempty]) if flat.size else np.array([])
-    maxs = np.fmax.reduceat(flat, starts[nonempty]) if flat.size else np.array([])
-    mean: list[float | None] = [None] * len(lengths)
-    top: list[float | None] = [None] * len(lengths)
-    for j, i in enumerate(np.flatnonzero(nonempty)):
-        mean[i], top[i] = float(sums[j] / lengths[i]), float(maxs[j])
-    return mean, top
-
-
 def token_texts(texts: np.ndarray | None, ids: list[int]) -> list[str]:
-    """Display text of each token id (``<id:N>`` for one the vocabulary lacks)."""
-    n = 0 if texts is None else len(texts)
-    return [str(texts[t]) if t is not None and 0 <= t < n else f"<id:{t}>" for t in ids]
+    """Display text of each token id (`wbtrace.vocab.texts_for`: ``<id:N>`` for one the vocabulary lacks)."""
+    ids = [-1 if t is None else t for t in ids]
+    return [str(t) for t in texts_for(np.array([], dtype=object) if texts is None else texts, ids)]
 
 
 def _top_forking(words: list[str], h: np.ndarray, threshold: float, top: int = 5) -> str:

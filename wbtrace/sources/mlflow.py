@@ -1,43 +1,25 @@
-"""The MLflow source: bring a trace that `MlflowSink` or ``wbtrace mirror`` put in an MLflow run back home.
+"""An MLflow run as a source: the trace that `MlflowSink` or ``wbtrace mirror`` put in its artifacts.
 
 Reads ``entropy_trace/run.json``, ``entropy_trace/vocab.parquet`` and ``entropy_trace/steps/*.parquet``
-from the run's artifacts and writes the local layout through `wbtrace.sources.pull.LocalTraceDir`
-(manifest rebuilt from the files with `wbtrace.stats.step_stats`). Artifact names are untrusted: only
-``step_<digits>.parquet`` names count as steps, and local names are built from the step number.
+(names from `wbtrace.backends.mlflow`). Artifact names are untrusted: only ``step_<digits>.parquet``
+names count as steps, and local names are built from the step number.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
+import hashlib
+from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from wbtrace.backends.mlflow import ARTIFACT_ROOT, STEPS_ARTIFACT_DIR, connect
 from wbtrace.errors import SourceError
-from wbtrace.sinks.mlflow import ARTIFACT_ROOT, STEPS_ARTIFACT_DIR, check_reachable, make_client
-from wbtrace.store import RUN_JSON, VOCAB_FILE, format_steps, parse_step_filename
+from wbtrace.sources.base import RunFiles, StepFile, TraceSource
+from wbtrace.store import RUN_JSON, VOCAB_FILE, parse_step_filename
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import FileInfo
-
-Progress = Callable[[int, int], None]
-
-
-def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """The explicit URI, else ``MLFLOW_TRACKING_URI``; a source has no embedded default to fall back on."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise SourceError("no MLflow tracking URI: pass --tracking-uri URI or set MLFLOW_TRACKING_URI")
-    return uri
-
-
-def connect(tracking_uri: str | None) -> tuple[MlflowClient, str]:
-    """A client for the URI, after a 2 s reachability probe (MLflow's own retries take minutes)."""
-    uri = resolve_tracking_uri(tracking_uri)
-    check_reachable(uri)
-    return make_client(uri), uri
 
 
 def get_run_or_fail(client: MlflowClient, run_id: str, uri: str):
@@ -96,61 +78,53 @@ def list_step_artifacts(client: MlflowClient, run_id: str) -> dict[int, FileInfo
     return found
 
 
-def _empty_vocab() -> bytes:
-    """A trace written without a tokenizer has no vocab.parquet; the local layout still wants one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+class MlflowSource(TraceSource):
+    """The trace in MLflow run ``run_id`` at ``tracking_uri`` (default ``MLFLOW_TRACKING_URI``)."""
 
-    from wbtrace.vocab import build_vocab
+    missing = "step {missing} not in {where}; it has steps {available}"
 
-    buf = pa.BufferOutputStream()
-    pq.write_table(build_vocab(pieces=[]), buf)
-    return buf.getvalue().to_pybytes()
+    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
+        self._run_id = run_id
+        self._tracking_uri = tracking_uri
 
+    @cached_property
+    def _conn(self) -> tuple[MlflowClient, str, Any]:
+        client, uri = connect(self._tracking_uri)
+        get_run_or_fail(client, self._run_id, uri)
+        repo = artifact_repo(client, self._run_id, uri)
+        top = {i.path.rsplit("/", 1)[-1] for i in repo.list_artifacts(ARTIFACT_ROOT)}
+        if RUN_JSON not in top:
+            raise SourceError(f"MLflow run {self._run_id} has no wbtrace trace (no {ARTIFACT_ROOT}/{RUN_JSON})")
+        self._has_vocab = VOCAB_FILE in top
+        return client, uri, repo
 
-def pull_mlflow(run_id: str, steps: list[int] | None, dest: Path, tracking_uri: str | None = None,
-                progress: Progress | None = None) -> Path:
-    """Download steps of an MLflow run into a local trace dir and return it.
+    @property
+    def label(self) -> str:
+        return f"MLflow run {self._run_id}"
 
-    Parameters
-    ----------
-    run_id : str
-        The MLflow run that holds ``entropy_trace/``.
-    steps : list of int or None
-        Steps to pull; None pulls every step the run has.
-    dest : Path
-        Local trace dir (created; pulling more steps later merges into it).
-    tracking_uri : str, optional
-        Default: ``MLFLOW_TRACKING_URI``.
-    """
-    from wbtrace.sources.pull import LocalTraceDir
+    @property
+    def run_id(self) -> str:
+        return self._run_id
 
-    client, uri = connect(tracking_uri)
-    get_run_or_fail(client, run_id, uri)
-    repo = artifact_repo(client, run_id, uri)
-    top = {i.path.rsplit("/", 1)[-1] for i in repo.list_artifacts(ARTIFACT_ROOT)}
-    if RUN_JSON not in top:
-        raise SourceError(f"MLflow run {run_id} has no wbtrace trace (no {ARTIFACT_ROOT}/{RUN_JSON})")
-    listed = list_step_artifacts(client, run_id)
-    available = sorted(listed)
-    wanted = available if steps is None else sorted(set(int(s) for s in steps))
-    missing = [s for s in wanted if s not in set(available)]
-    if missing:
-        raise SourceError(f"step {format_steps(missing)} not in MLflow run {run_id}; "
-                          f"it has steps {format_steps(available)}")
-    out = LocalTraceDir(dest)
-    with tempfile.TemporaryDirectory(prefix="wbtrace-mlflow-") as tmp:
-        files = {}
-        for name in (RUN_JSON, VOCAB_FILE):
-            if name in top:
-                files[name] = Path(repo.download_artifacts(f"{ARTIFACT_ROOT}/{name}", tmp))
-        run_json = files[RUN_JSON].read_bytes()
-        vocab = files[VOCAB_FILE].read_bytes() if VOCAB_FILE in files else _empty_vocab()
-        out.add_run_files(run_json, vocab)
-        for i, step in enumerate(wanted, 1):
-            local = Path(repo.download_artifacts(listed[step].path, tmp))
-            out.add_step(step, local)
-            local.unlink()
-            if progress:
-                progress(i, len(wanted))
-    return out.close()
+    @property
+    def key(self) -> str:
+        where = self._tracking_uri or "env"
+        return f"mlflow-{self._run_id}-" + hashlib.sha1(where.encode()).hexdigest()[:8]
+
+    @cached_property
+    def _listed(self) -> dict[int, FileInfo]:
+        client, _, _ = self._conn
+        return list_step_artifacts(client, self._run_id)
+
+    def steps(self) -> list[int]:
+        return sorted(self._listed)
+
+    def run_files(self, scratch: Path) -> RunFiles:
+        _, _, repo = self._conn
+        run_json = Path(repo.download_artifacts(f"{ARTIFACT_ROOT}/{RUN_JSON}", str(scratch)))
+        vocab = Path(repo.download_artifacts(f"{ARTIFACT_ROOT}/{VOCAB_FILE}", str(scratch))) if self._has_vocab else None
+        return RunFiles(run_json, vocab)
+
+    def step_file(self, step: int, scratch: Path) -> StepFile:
+        _, _, repo = self._conn
+        return StepFile(Path(repo.download_artifacts(self._listed[step].path, str(scratch))), {})

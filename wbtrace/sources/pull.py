@@ -1,10 +1,11 @@
-"""Shared `pull` logic: choose steps, then write downloaded files into the local trace layout.
+"""The one `pull` loop: steps of any `TraceSource` into the local trace layout, verified, with a manifest.
 
-Every source (W&B API, W&B offline run dir, MLflow) ends here, so a pulled trace has the exact layout
-the local store reads (``run.json``, ``vocab.parquet``, ``manifest.jsonl``, ``steps/step_%06d.parquet``)
-and ``wbtrace ls/stats/show/export`` work on it. Destination names are built here from step numbers,
-never taken from the source: artifact file names are untrusted. Files land whole or not at all
-(temporary name, then rename), and pulling more steps later into the same folder merges the manifest.
+Every source (local, W&B offline run dir, W&B API, MLflow) ends here, so a pulled trace has the exact
+layout the local store reads (``run.json``, ``vocab.parquet``, ``manifest.jsonl``,
+``steps/step_%06d.parquet``) and ``wbtrace ls/stats/show/export`` work on it. Destination names are
+built here from step numbers, never taken from the source: artifact file names are untrusted. Files
+land whole or not at all (`wbtrace.store.atomic_write`, each step read back as Parquet before its
+rename), and pulling more steps later into the same folder merges the manifest.
 """
 
 from __future__ import annotations
@@ -12,72 +13,58 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from wbtrace.errors import BadInputError, SourceError, TraceFormatError
-from wbtrace.store import (
-    MANIFEST,
-    RUN_JSON,
-    VOCAB_FILE,
-    atomic_write,
-    format_steps,
-    parse_steps,
-    read_manifest,
-    step_relpath,
-)
+from wbtrace.errors import SourceError, TraceFormatError
+from wbtrace.sources.base import TraceSource
+from wbtrace.steps import StepSelection
+from wbtrace.store import MANIFEST, RUN_JSON, VOCAB_FILE, atomic_write, read_manifest, step_relpath
 
 Progress = Callable[[int, int], None]  # (done, total)
-RUN_FILES = (RUN_JSON, VOCAB_FILE)
 
 
-@dataclass(frozen=True)
-class StepSpec:
-    """Which steps to pull: explicit ``--step`` values, inclusive ``--steps A:B`` ranges, or ``--all``."""
+def pull(source: TraceSource, selection: StepSelection | None = None, dest: str | Path | None = None,
+         progress: Progress | None = None, only_new: bool = False) -> Path:
+    """Copy the selected steps (default: all) of ``source`` into the local trace dir ``dest``; return it.
 
-    steps: tuple[int, ...] = ()
-    ranges: tuple[tuple[int, int], ...] = ()
-    all: bool = False
+    ``dest`` defaults to ``./wbtrace-<run_id>``; pulling into an existing folder of the same run merges.
+    ``only_new`` skips steps the folder already holds (a cache brought up to date). A missing step
+    raises `SourceError` naming the steps that exist.
+    """
+    wanted = (selection or StepSelection()).resolve(source.steps(), source.label, error=SourceError,
+                                                     missing=source.missing)
+    out = LocalTraceDir(dest if dest is not None else default_dest(source.run_id))
+    if only_new:
+        wanted = [s for s in wanted if s not in out.steps]
+    with tempfile.TemporaryDirectory(prefix="wbtrace-pull-") as tmp:
+        for i, step in enumerate(wanted, 1):
+            scratch = Path(tmp) / str(step)
+            scratch.mkdir()
+            got = source.step_file(step, scratch)
+            if i == 1:  # after the first step: a W&B artifact carries the run files with it
+                run_json, vocab = source.run_files(scratch)
+                out.add_run_files(run_json, vocab if vocab is not None else empty_vocab())
+            out.add_step(step, got.path, got.stats)
+            shutil.rmtree(scratch, ignore_errors=True)
+            if progress:
+                progress(i, len(wanted))
+    return out.close()
 
-    @classmethod
-    def parse(cls, steps: Iterable[int] = (), ranges: Iterable[str] = (), all: bool = False) -> StepSpec:
-        """Build from CLI values; a range is ``A:B`` (both ends included, either may be omitted)."""
-        parsed = []
-        for text in ranges:
-            try:
-                lo, hi = parse_steps(str(text))
-            except BadInputError as e:
-                raise SourceError(str(e)) from None
-            parsed.append((0 if lo is None else lo, 2**63 if hi is None else hi))
-        spec = cls(tuple(int(s) for s in steps), tuple(parsed), bool(all))
-        if not (spec.steps or spec.ranges or spec.all):
-            raise SourceError("choose steps: --step N (repeatable), --steps A:B or --all")
-        return spec
 
-    @property
-    def only_explicit(self) -> bool:
-        """True when the steps are known without listing the source (no range, no --all)."""
-        return not (self.ranges or self.all)
+def empty_vocab() -> bytes:
+    """A trace written without a tokenizer has no vocab.parquet; the local layout still wants one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    def resolve(self, available: Iterable[int]) -> list[int]:
-        """The requested steps among ``available``; a missing explicit step raises, listing what exists."""
-        available = sorted(set(available))
-        have = set(available)
-        missing = [s for s in self.steps if s not in have]
-        if missing:
-            raise SourceError(
-                f"step {format_steps(missing)} not found; steps that exist: {format_steps(available)}"
-            )
-        chosen = set(self.steps)
-        if self.all:
-            chosen |= have
-        for lo, hi in self.ranges:
-            chosen |= {s for s in available if lo <= s <= hi}
-        if not chosen:
-            raise SourceError(f"no step in the requested range; steps that exist: {format_steps(available)}")
-        return sorted(chosen)
+    from wbtrace.vocab import build_vocab
+
+    buf = pa.BufferOutputStream()
+    pq.write_table(build_vocab(pieces=[]), buf)
+    return buf.getvalue().to_pybytes()
 
 
 def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,6 +96,11 @@ class LocalTraceDir:
         self.dest = Path(dest)
         self.dest.mkdir(parents=True, exist_ok=True)
         self._lines: dict[int, dict[str, Any]] = self._read_manifest()
+
+    @property
+    def steps(self) -> set[int]:
+        """Steps the folder already holds (named in its manifest, file present)."""
+        return {s for s in self._lines if (self.dest / step_relpath(s)).is_file()}
 
     def _read_manifest(self) -> dict[int, dict[str, Any]]:
         return {e["step"]: e for e in read_manifest(self.dest / MANIFEST) if isinstance(e.get("step"), int)}
@@ -145,27 +137,6 @@ class LocalTraceDir:
         text = "".join(json.dumps(self._lines[s], separators=(",", ":")) + "\n" for s in sorted(self._lines))
         atomic_write(self.dest / MANIFEST, data=text.encode())
         return self.dest
-
-
-def write_local_trace(
-    dest: str | Path,
-    run_json: bytes | Path,
-    vocab: bytes | Path,
-    steps: Mapping[int, bytes | Path],
-    stats: Mapping[int, Mapping[str, Any]] | None = None,
-    progress: Progress | None = None,
-) -> Path:
-    """Write a local trace dir from a run's ``run.json``/``vocab.parquet`` and its step files.
-
-    The one-call form of `LocalTraceDir` for sources that have everything at hand.
-    """
-    out = LocalTraceDir(dest)
-    out.add_run_files(run_json, vocab)
-    for i, step in enumerate(sorted(steps), 1):
-        out.add_step(step, steps[step], (stats or {}).get(step))
-        if progress:
-            progress(i, len(steps))
-    return out.close()
 
 
 def default_dest(run_id: str) -> Path:

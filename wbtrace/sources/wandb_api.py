@@ -1,23 +1,25 @@
-"""Pull steps of a trace from W&B through `wandb.Api`: ``api.artifact("e/p/wbtrace-<run>:step-N")``.
+"""A W&B run as a source, through `wandb.Api`: ``api.artifact("e/p/wbtrace-<run>:step-N")``.
 
 Only this boundary is faked in tests (no W&B server can run here); the surface used is
 ``api.run(path)``, ``api.artifact(name, type=...)``, ``api.artifacts(type_name, name)`` and
-``artifact.download(root)`` / ``.metadata`` / ``.aliases``. Downloads go to a temporary folder and
-only the expected names (``run.json``, ``vocab.parquet``, the step file) are copied into the trace dir.
+``artifact.download(root)`` / ``.metadata`` / ``.aliases``. Downloads go to the pull's scratch folder
+and only the expected names (``run.json``, ``vocab.parquet``, the step file) are handed on.
 """
 
 from __future__ import annotations
 
-import tempfile
+import re
 from collections.abc import Iterable
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from wbtrace.backends.wandb import ARTIFACT_TYPE, alias_step, artifact_name, step_alias
 from wbtrace.errors import SourceError, require
-from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, default_dest, format_steps, safe_join
+from wbtrace.sources.base import RunFiles, StepFile, TraceSource
+from wbtrace.sources.pull import safe_join
 from wbtrace.store import RUN_JSON, VOCAB_FILE, step_relpath
 
-ARTIFACT_TYPE = "entropy-trace"  # same as wbtrace.sinks.wandb.ARTIFACT_TYPE (not imported: sinks stay apart)
 NO_LOGIN = "not logged in to W&B: run `wandb login` or set WANDB_API_KEY"
 
 
@@ -54,46 +56,72 @@ def _lookup_errors() -> tuple[type[BaseException], ...]:
 def available_steps(api: Any, base: str, run_id: str) -> list[int]:
     """Steps with an artifact version (alias ``step-N``) in ``base`` (``entity/project``)."""
     try:
-        versions: Iterable[Any] = api.artifacts(ARTIFACT_TYPE, f"{base}/wbtrace-{run_id}")
-        aliases = [a for v in versions for a in v.aliases]
+        versions: Iterable[Any] = api.artifacts(ARTIFACT_TYPE, f"{base}/{artifact_name(run_id)}")
+        found = [alias_step(a) for v in versions for a in v.aliases]
     except _lookup_errors():
         return []
-    return sorted({int(a[5:]) for a in aliases if a.startswith("step-") and a[5:].isdigit()})
+    return sorted({s for s in found if s is not None})
 
 
-def pull_wandb(ref: str, spec: StepSpec, dest: str | Path | None = None, *, entity: str | None = None,
-               project: str | None = None, api: Any = None, progress: Progress | None = None) -> Path:
-    """Pull steps of a W&B run's trace into a local trace dir (default ``./wbtrace-<run_id>``)."""
-    entity, project, run_id = parse_run_ref(ref, entity, project)
-    api = api if api is not None else make_api()
-    base = f"{entity}/{project}" if entity else project
-    try:
-        api.run(f"{base}/{run_id}")
-    except _lookup_errors() as e:
-        raise SourceError(f"unknown W&B run {base}/{run_id} ({_first_line(e)})") from None
-    steps = list(spec.steps) if spec.only_explicit else spec.resolve(available_steps(api, base, run_id))
-    out = LocalTraceDir(dest if dest is not None else default_dest(run_id))
-    for i, step in enumerate(steps, 1):
-        art = _artifact(api, base, run_id, step)
-        with tempfile.TemporaryDirectory(prefix="wbtrace-pull-") as tmp:
-            art.download(root=tmp)
-            root = Path(tmp)
-            step_file = _step_file(root, step)
-            if i == 1:
-                out.add_run_files(_need(root, RUN_JSON, step), _need(root, VOCAB_FILE, step))
-            out.add_step(step, step_file, dict(art.metadata or {}))
-        if progress:
-            progress(i, len(steps))
-    return out.close()
+class WandbApiSource(TraceSource):
+    """The wbtrace artifacts of a W&B run (``[wandb://]ENTITY/PROJECT/RUN_ID``, or shorter with defaults)."""
 
+    missing = "step {missing} not found in {where}; steps that exist: {available}"
 
-def _artifact(api: Any, base: str, run_id: str, step: int) -> Any:
-    try:
-        return api.artifact(f"{base}/wbtrace-{run_id}:step-{step}", type=ARTIFACT_TYPE)
-    except _lookup_errors():
-        have = available_steps(api, base, run_id)
-        raise SourceError(f"step {step} not found in W&B run {base}/{run_id}; steps that exist: "
-                          f"{format_steps(have)}") from None
+    def __init__(self, ref: str, entity: str | None = None, project: str | None = None, api: Any = None) -> None:
+        self.entity, self.project, self._run_id = parse_run_ref(ref.removeprefix("wandb://"), entity, project)
+        self.base = f"{self.entity}/{self.project}" if self.entity else self.project
+        self._api = api
+        self._downloaded: dict[int, Path] = {}
+        self._metadata: dict[str, Any] = {}
+
+    @cached_property
+    def api(self) -> Any:
+        api = self._api if self._api is not None else make_api()
+        try:
+            api.run(f"{self.base}/{self._run_id}")
+        except _lookup_errors() as e:
+            raise SourceError(f"unknown W&B run {self.base}/{self._run_id} ({_first_line(e)})") from None
+        return api
+
+    @property
+    def label(self) -> str:
+        return f"W&B run {self.base}/{self._run_id}"
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def key(self) -> str:
+        return "wandb-" + re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.base}-{self._run_id}")
+
+    def steps(self) -> list[int]:
+        return available_steps(self.api, self.base, self._run_id)
+
+    def _download(self, step: int, scratch: Path) -> Path:
+        try:
+            art = self.api.artifact(f"{self.base}/{artifact_name(self._run_id)}:{step_alias(step)}",
+                                    type=ARTIFACT_TYPE)
+        except _lookup_errors():
+            raise SourceError(f"step {step} not found in {self.label}") from None
+        root = scratch / "artifact"
+        art.download(root=str(root))
+        self._downloaded = {step: root}
+        self._metadata = dict(art.metadata or {})
+        return root
+
+    def step_file(self, step: int, scratch: Path) -> StepFile:
+        root = self._download(step, scratch)
+        return StepFile(_step_file(root, step), self._metadata)
+
+    def run_files(self, scratch: Path) -> RunFiles:
+        """From the artifact of the step downloaded last (every version carries them), else the latest one."""
+        step, root = next(iter(self._downloaded.items()), (None, None))
+        if root is None or not root.is_dir():
+            step = self.steps()[-1]
+            root = self._download(step, scratch)
+        return RunFiles(_need(root, RUN_JSON, step), _need(root, VOCAB_FILE, step))
 
 
 def _need(root: Path, name: str, step: int) -> Path:

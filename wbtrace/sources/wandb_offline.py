@@ -1,4 +1,4 @@
-"""Pull steps from a W&B offline run directory (``wandb/offline-run-*``), with no server.
+"""A W&B offline run directory (``wandb/offline-run-*``) as a source, read with no server.
 
 The `.wandb` file names each ``wbtrace-<run_id>`` artifact version (alias ``step-N``) and its files'
 absolute ``local_path``. `WandbSink` keeps those files inside the run dir (``<run dir>/wbtrace/``), so
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import cached_property
 from pathlib import Path
 
+from wbtrace.backends.wandb import RUN_FILES_DIR, alias_step, is_trace_artifact
+from wbtrace.backends.wandb_file import ArtifactEntry, ArtifactRecord, iter_artifacts, run_identity
 from wbtrace.errors import SourceError, TraceFormatError
-from wbtrace.sources.pull import LocalTraceDir, Progress, StepSpec, default_dest, safe_join
-from wbtrace.sources.wandb_file import ArtifactEntry, ArtifactRecord, iter_artifacts, run_identity
+from wbtrace.sources.base import RunFiles, StepFile, TraceSource
+from wbtrace.sources.pull import safe_join
 from wbtrace.store import RUN_JSON, VOCAB_FILE
 
 
@@ -45,11 +48,11 @@ def trace_versions(run_dir: str | Path) -> tuple[str | None, dict[int, ArtifactR
     run_id = run_identity(path)[0]
     versions: dict[int, ArtifactRecord] = {}
     for art in iter_artifacts(path):
-        if not art.name.startswith("wbtrace-"):
+        if not is_trace_artifact(art.name):
             continue
-        for alias in art.aliases:
-            if alias.startswith("step-") and alias[5:].isdigit():
-                versions[int(alias[5:])] = art  # a later record for the same step wins
+        for step in (alias_step(a) for a in art.aliases):
+            if step is not None:
+                versions[step] = art  # a later record for the same step wins
     return run_id, versions
 
 
@@ -69,7 +72,7 @@ def locate(entry: ArtifactEntry, run_dir: Path) -> Path:
     """
     if entry.ref and not entry.local_path:
         return _reference(entry)
-    candidates = [safe_join(run_dir / "wbtrace", entry.path)]
+    candidates = [safe_join(run_dir / RUN_FILES_DIR, entry.path)]
     parts = Path(entry.local_path).parts
     for i, part in enumerate(parts):
         if part.startswith(("offline-run-", "run-")) and i + 1 < len(parts):
@@ -101,28 +104,52 @@ def _reference(entry: ArtifactEntry) -> Path:
     return path
 
 
-def pull_offline(run_dir: str | Path, spec: StepSpec, dest: str | Path | None = None,
-                 progress: Progress | None = None) -> Path:
-    """Pull steps from an offline run dir into a local trace dir (default ``./wbtrace-<run_id>``)."""
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        run_dir = run_dir.parent
-    run_dir = run_dir.resolve()
-    run_id, versions = trace_versions(run_dir)
-    if not versions:
-        raise SourceError(f"{run_dir}: this W&B run has no wbtrace artifacts")
-    steps = spec.resolve(versions)
-    out = LocalTraceDir(dest if dest is not None else default_dest(run_id))
-    for i, step in enumerate(steps, 1):
-        art = versions[step]
+class WandbOfflineSource(TraceSource):
+    """The wbtrace artifacts of an offline run dir (or its ``.wandb`` file), each file checked by digest."""
+
+    missing = "step {missing} not found; steps that exist: {available}"
+
+    def __init__(self, run_dir: str | Path) -> None:
+        run_dir = Path(run_dir)
+        self.run_dir = (run_dir.parent if run_dir.is_file() else run_dir).resolve()
+
+    @cached_property
+    def _versions(self) -> tuple[str | None, dict[int, ArtifactRecord]]:
+        run_id, versions = trace_versions(self.run_dir)
+        if not versions:
+            raise SourceError(f"{self.run_dir}: this W&B run has no wbtrace artifacts")
+        return run_id, versions
+
+    @property
+    def label(self) -> str:
+        return f"W&B offline run {self.run_dir}"
+
+    @property
+    def run_id(self) -> str:
+        return self._versions[0] or self.run_dir.name
+
+    @property
+    def key(self) -> str:
+        return f"wandb-offline-{self.run_id}-" + hashlib.sha1(str(self.run_dir).encode()).hexdigest()[:8]
+
+    def steps(self) -> list[int]:
+        return sorted(self._versions[1])
+
+    def _files(self, step: int) -> tuple[ArtifactRecord, dict[str, ArtifactEntry]]:
+        art = self._versions[1][step]
         files = {e.path: e for e in art.entries}
-        step_entry = next((e for e in art.entries if e.path.startswith("steps/") and e.path.endswith(".parquet")),
-                          None)
-        if step_entry is None or RUN_JSON not in files or VOCAB_FILE not in files:
+        if RUN_JSON not in files or VOCAB_FILE not in files or _step_entry(art) is None:
             raise TraceFormatError(f"{art.name}:step-{step}: the artifact lacks its step file, run.json or vocab")
-        if i == 1:
-            out.add_run_files(locate(files[RUN_JSON], run_dir), locate(files[VOCAB_FILE], run_dir))
-        out.add_step(step, locate(step_entry, run_dir), art.metadata)
-        if progress:
-            progress(i, len(steps))
-    return out.close()
+        return art, files
+
+    def run_files(self, scratch: Path) -> RunFiles:
+        _, files = self._files(self.steps()[-1])
+        return RunFiles(locate(files[RUN_JSON], self.run_dir), locate(files[VOCAB_FILE], self.run_dir))
+
+    def step_file(self, step: int, scratch: Path) -> StepFile:
+        art, _ = self._files(step)
+        return StepFile(locate(_step_entry(art), self.run_dir), art.metadata)
+
+
+def _step_entry(art: ArtifactRecord) -> ArtifactEntry | None:
+    return next((e for e in art.entries if e.path.startswith("steps/") and e.path.endswith(".parquet")), None)

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wbtrace.backends.wandb_file import ArtifactEntry, iter_payloads, parse_record, write_payloads
 from wbtrace.errors import SourceError, require
-from wbtrace.sources.wandb_file import ArtifactEntry, iter_payloads, parse_record, write_payloads
 
 
 @dataclass

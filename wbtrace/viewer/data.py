@@ -43,23 +43,12 @@ def _flat(table: pa.Table, name: str) -> np.ndarray:
     return pc.list_flatten(table.column(name).combine_chunks()).to_numpy(zero_copy_only=False)
 
 
-def _response_stats(ent: np.ndarray, offsets: np.ndarray, threshold: float) -> dict[str, list]:
-    """Mean, max and count above threshold of each response's entropy."""
-    lengths = np.diff(offsets)
-    ent32 = ent.astype(np.float32)
-    nonempty = lengths > 0
-    starts = offsets[:-1][nonempty]
-    mean = np.full(len(lengths), np.nan)
-    mx = np.full(len(lengths), np.nan)
-    if ent32.size:
-        mean[nonempty] = np.add.reduceat(ent32.astype(np.float64), starts) / lengths[nonempty]
-        mx[nonempty] = np.maximum.reduceat(ent32, starts)
-    high = np.add.reduceat((ent32 > threshold).astype(np.int64), starts) if ent32.size else []
-    n_high = np.zeros(len(lengths), dtype=np.int64)
-    n_high[nonempty] = high
-    return {"entropy_mean": [_clean(round(float(x), 5)) for x in mean],
-            "entropy_max": [_clean(round(float(x), 4)) for x in mx],
-            "n_high": n_high.tolist()}
+def _response_stats(table: pa.Table, threshold: float) -> dict[str, list]:
+    """Mean, max and count above threshold of each response's entropy, rounded for the page."""
+    summary = stats.response_entropy(table, threshold)
+    return {"entropy_mean": [_clean(round(float(x), 5)) for x in summary["entropy_mean"]],
+            "entropy_max": [_clean(round(float(x), 4)) for x in summary["entropy_max"]],
+            "n_high": summary["n_above"].tolist()}
 
 
 def _columns(table: pa.Table) -> dict[str, list]:
@@ -114,7 +103,7 @@ def step_payload(store: TraceStore, step: int, threshold: float, specs: dict[str
     ids = _flat(table, "token_ids")
     ent = _flat(table, "entropy").astype(np.float16)
     cols = _columns(table)
-    cols.update(_response_stats(ent, offsets, threshold))
+    cols.update(_response_stats(table, threshold))
     payload: dict[str, Any] = {
         "step": step, "n": table.num_rows, "n_tokens": int(ids.size), "threshold": threshold,
         "columns": cols,

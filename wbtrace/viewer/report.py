@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from wbtrace import palette, stats
-from wbtrace.errors import BadInputError
-from wbtrace.store import TraceStore, format_steps
+from wbtrace.steps import StepSelection
+from wbtrace.store import TraceStore, atomic_output
 from wbtrace.viewer.charts import chart_specs
 from wbtrace.viewer.data import run_summary, step_payload, used_token_ids, vocab_payload
 
@@ -49,40 +49,26 @@ def _json_block(element_id: str, obj: Any) -> str:
     return f'<script type="application/json" id="{element_id}">{json_for_script(obj)}</script>'
 
 
-def resolve_steps(store: TraceStore, spec: str | None, budget: int | None = MAX_INLINE_TOKENS) -> list[int]:
-    """Steps to include: ``"7"``, ``"1,5,9"``, ``"A:B"`` (inclusive), ``"last"``; default all within ``budget``.
+def resolve_steps(store: TraceStore, spec: str | StepSelection | None,
+                  budget: int | None = MAX_INLINE_TOKENS) -> list[int]:
+    """Steps to include (`wbtrace.steps` grammar); with none given, all within ``budget`` tokens.
 
-    With no ``spec`` the latest steps whose tokens fit in ``budget`` are chosen (at least one).
+    Over budget, the latest steps whose tokens fit are chosen (at least one).
     """
-    have = store.steps
-    if not have:
-        raise BadInputError(f"{store.run_dir} has no committed steps yet")
-    if spec is None or spec.strip() == "":
-        if budget is None:
-            return have
-        tokens = {e["step"]: int(e.get("n_tokens", 0)) for e in store.manifest}
-        chosen, total = [], 0
-        for s in reversed(have):
-            total += tokens.get(s, 0)
-            if chosen and total > budget:
-                log.warning("trace has %d steps; the report holds the latest %d (pass --steps or use --serve "
-                            "for the rest)", len(have), len(chosen))
-                break
-            chosen.append(s)
-        return sorted(chosen)
-    spec = spec.strip()
-    if spec == "last":
-        return [have[-1]]
-    if ":" in spec:
-        chosen = store.select(step_range=spec)
-        if not chosen:
-            raise BadInputError(f"no step in {spec!r}; the trace has steps {format_steps(have)}")
-        return chosen
-    try:
-        wanted = [int(s) for s in spec.split(",") if s.strip()]
-    except ValueError:
-        raise BadInputError(f"bad --steps {spec!r}: expected N, N,M,..., A:B or last") from None
-    return store.select(steps=wanted)
+    selection = spec if isinstance(spec, StepSelection) else StepSelection.parse(*([spec] if spec else []))
+    if not selection.empty or budget is None:
+        return store.select(selection)
+    have = store.select()
+    tokens = {e["step"]: int(e.get("n_tokens", 0)) for e in store.manifest}
+    chosen, total = [], 0
+    for s in reversed(have):
+        total += tokens.get(s, 0)
+        if chosen and total > budget:
+            log.warning("trace has %d steps; the report holds the latest %d (pass --steps or use --serve "
+                        "for the rest)", len(have), len(chosen))
+            break
+        chosen.append(s)
+    return sorted(chosen)
 
 
 def default_threshold(store: TraceStore) -> float:
@@ -123,7 +109,7 @@ def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dic
     return meta
 
 
-def build_report(trace_dir: str | Path, steps: str | None = None, threshold: float | None = None,
+def build_report(trace_dir: str | Path, steps: str | StepSelection | None = None, threshold: float | None = None,
                  compare: str | Path | None = None) -> str:
     """The self-contained HTML report of ``trace_dir`` as a string (see `write_report`)."""
     store = TraceStore(trace_dir)
@@ -141,7 +127,7 @@ def build_report(trace_dir: str | Path, steps: str | None = None, threshold: flo
     return render_page(meta, blocks)
 
 
-def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = None,
+def write_report(trace_dir: str | Path, out: str | Path, steps: str | StepSelection | None = None,
                  threshold: float | None = None, compare: str | Path | None = None) -> Path:
     """Write the self-contained HTML report of ``trace_dir`` to ``out`` and return its path.
 
@@ -159,9 +145,7 @@ def write_report(trace_dir: str | Path, out: str | Path, steps: str | None = Non
         A second trace to show beside this one (the Compare tab).
     """
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     html_text = build_report(trace_dir, steps, threshold, compare)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(html_text, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_output(out) as tmp:
+        tmp.write_text(html_text, encoding="utf-8")
     return out

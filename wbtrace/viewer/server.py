@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from wbtrace.palette import STOPS
+from wbtrace.steps import StepSelection
 from wbtrace.store import TraceStore
 from wbtrace.viewer.charts import chart_specs
 from wbtrace.viewer.data import step_payload
@@ -37,7 +38,7 @@ _STEP_PATH = re.compile(r"^/api/step/(\d+)$")
 class ViewerApp:
     """The pages and step payloads of one trace, with a small LRU of encoded steps."""
 
-    def __init__(self, trace_dir: str | Path, steps: str | None = None, threshold: float | None = None,
+    def __init__(self, trace_dir: str | Path, steps: str | StepSelection | None = None, threshold: float | None = None,
                  cache_steps: int = 3, *, follow: bool = False, poll_s: float = 2.0,
                  refresh: Callable[[], Any] | None = None, compare: str | Path | None = None) -> None:
         self.store = TraceStore(trace_dir)
@@ -55,7 +56,7 @@ class ViewerApp:
         self.index = render_page(meta, []).encode("utf-8")
 
     def _resolve(self) -> list[int]:
-        if self.follow and self._spec is None:
+        if self.follow and (self._spec is None or (isinstance(self._spec, StepSelection) and self._spec.empty)):
             return list(self.store.steps)  # may be empty: the page waits for the first step
         return resolve_steps(self.store, self._spec, budget=None)
 
