@@ -91,7 +91,7 @@ def bench_extras(sizes: list[int], rev: str) -> None:
         def after(table: pa.Table = table) -> None:
             new.history_scalars(1, {}, table)
             new.heatmap_rows(table, texts)
-            new.preview_rows(table, texts, 64)
+            new.preview_rows(table, texts, 64, max_tokens=2048)  # what "before" showed (default now 1024)
 
         def floor(table: pa.Table = table) -> None:
             pc.list_flatten(table.column("entropy").combine_chunks()).to_numpy(zero_copy_only=False).astype(

@@ -327,3 +327,19 @@ def test_file_reference_artifacts_pull_back_byte_identical(tmp_path, monkeypatch
     orig.step_path(2).write_bytes(orig.step_path(1).read_bytes())  # changed after logging: refused
     with pytest.raises(SourceError, match="changed since it was logged"):
         pull(WandbOfflineSource(run_dir), StepSelection(steps=(2,)), tmp_path / "again")
+
+
+def test_compare_reads_an_offline_run_dir_through_the_cache(logged, tmp_path, monkeypatch):
+    """`compare` takes any source: the offline run dir is pulled into $WBTRACE_CACHE, then analysed."""
+    trace, run_dir, _ = logged
+    monkeypatch.setenv("WBTRACE_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(main, ["compare", str(trace), str(run_dir), "--top", "3", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    body = json.loads(res.output)
+    assert [o["jaccard"] for o in body["fork_overlap"]] == [1.0] * N_STEPS
+    assert all(r["entropy_mean_a"] == r["entropy_mean_b"] for r in body["rows"])
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert TraceStore(cached).steps == TraceStore(trace).steps
+    before = {p: p.stat().st_mtime_ns for p in (cached / "steps").iterdir()}
+    assert CliRunner().invoke(main, ["compare", str(run_dir), str(trace), "--format", "json"]).exit_code == 0
+    assert {p: p.stat().st_mtime_ns for p in (cached / "steps").iterdir()} == before  # only new steps pulled

@@ -258,8 +258,8 @@ def _groups_short(df):
 
 
 @main.command("compare")
-@click.argument("trace_a", type=click.Path(file_okay=False, path_type=str))
-@click.argument("trace_b", type=click.Path(file_okay=False, path_type=str))
+@click.argument("trace_a", metavar="SOURCE_A", type=click.Path(file_okay=False, path_type=str))
+@click.argument("trace_b", metavar="SOURCE_B", type=click.Path(file_okay=False, path_type=str))
 @step_options
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Forking tokens per run and step for the overlap.")
@@ -276,15 +276,20 @@ def compare_cmd(trace_a: str, trace_b: str, steps: StepSelection, top: int,
     """Two runs side by side: entropy, reward and accuracy curves, the overlap of their forking tokens
     per step, and the prompts both answered (with --prompt, their responses token by token).
 
+    Each SOURCE is a trace dir, a W&B offline run dir, mlflow://RUN_ID or a W&B run; any but a trace dir
+    is pulled into a cache first ($WBTRACE_CACHE, default ~/.cache/wbtrace).
+
     \b
     Example:
         wbtrace compare runs/base/entropy_trace runs/clipcov/entropy_trace
         wbtrace compare A B --prompt-step 50 --prompt 0
+        wbtrace compare runs/base/entropy_trace mlflow://0a1b2c3d4e5f --steps 1:50
     """
     from wbtrace.analysis import compare
     from wbtrace.errors import BadInputError
+    from wbtrace.sources.local_copy import local_store
 
-    a, b = open_store(trace_a), open_store(trace_b)
+    a, b = local_store(trace_a)[0], local_store(trace_b)[0]
     common = compare.common_steps(a, b)
     chosen = [s for s in a.select(steps) if s in set(common)]
     curves = compare.curves(a, b, CURVES)

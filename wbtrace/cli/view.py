@@ -13,7 +13,7 @@ from wbtrace.steps import StepSelection
 
 
 @main.command()
-@click.argument("trace_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("trace_dir", metavar="SOURCE", type=click.Path(file_okay=False, path_type=Path))
 @step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [default: report.html in the current directory].")
@@ -25,10 +25,14 @@ from wbtrace.steps import StepSelection
 @click.option("--follow", is_flag=True,
               help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
 @click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
-              metavar="OTHER_TRACE", help="A second trace for the Compare runs tab.")
+              metavar="OTHER_SOURCE", help="A second trace or source for the Compare runs tab.")
 def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
          serve: bool, port: int, follow: bool, compare: Path | None) -> None:
-    """Open a trace in a browser: entropy charts, responses, token heatmaps; no network needed.
+    """Open a trace in a browser: entropy charts, analyses, responses, token heatmaps; no network needed.
+
+    SOURCE is a trace dir, a W&B offline run dir, mlflow://RUN_ID or a W&B run (ENTITY/PROJECT/RUN_ID):
+    any but a trace dir is pulled into a cache first ($WBTRACE_CACHE, default ~/.cache/wbtrace), and with
+    --follow the new steps are pulled as they appear.
 
     \b
     Example:
@@ -36,12 +40,17 @@ def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: 
         wbtrace view outputs/demo/entropy_trace --steps 40:50
         wbtrace view outputs/big_run/entropy_trace --serve
         wbtrace view outputs/live_run/entropy_trace --serve --follow
+        wbtrace view outputs/live_run/wandb/offline-run-20261201_101500-abc123 --serve --follow
         wbtrace view runs/a/entropy_trace --compare runs/b/entropy_trace
     """
+    from wbtrace.sources.local_copy import local_store
     from wbtrace.viewer import ViewerApp, make_server, write_report
 
     if follow and not serve:
         raise click.UsageError("--follow needs --serve (a file cannot change once written)")
+    store, refresh = local_store(str(trace_dir))
+    trace_dir = store.run_dir
+    compare = local_store(str(compare))[0].run_dir if compare is not None else None
     if not serve:
         out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold,
                            compare=compare)
@@ -49,7 +58,7 @@ def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: 
         if open_browser:
             webbrowser.open(out.resolve().as_uri())
         return
-    app = ViewerApp(trace_dir, steps=steps, threshold=threshold, follow=follow, compare=compare)
+    app = ViewerApp(trace_dir, steps=steps, threshold=threshold, follow=follow, compare=compare, refresh=refresh)
     try:
         server = make_server(app, "127.0.0.1", port)
     except OSError as e:

@@ -74,7 +74,7 @@ class WandbSink(TraceSink):
         Log the analysis scalars (`wbtrace.analysis.step_scalars`: covariance, group shares, end share,
         fork concentration) the analysis presets draw: ~2 s of the writer thread per 2.4M-token step on the
         loaded 2-core CI machine (the step statistics themselves ~1 s).
-    preview_tokens : int, default 2048
+    preview_tokens : int, default 1024
         Tokens shown per preview response; the rest is summarised as "... N more tokens".
     reference_uri : str, optional
         URI under which readers reach the trace dir (``file:///shared/traces/run1``, ``s3://bucket/run1``):
@@ -87,7 +87,7 @@ class WandbSink(TraceSink):
     def __init__(self, project: str = "wbtrace", entity: str | None = None, name: str | None = None,
                  config: Mapping[str, Any] | None = None, mode: str | None = None, dir: str | None = None,
                  preview_rows: int = 64, run: Any = None, threshold: float = DEFAULT_THRESHOLD,
-                 preview_tokens: int = 2048, reference_uri: str | None = None, analyses: bool = True) -> None:
+                 preview_tokens: int = 1024, reference_uri: str | None = None, analyses: bool = True) -> None:
         wandb = require("wandb", "wandb")  # fail fast with the install hint
         if reference_uri and "://" not in reference_uri:
             raise BadInputError(f"reference_uri {reference_uri!r} is not a URI (file:///..., s3://...)")

@@ -47,25 +47,26 @@ def pos_key(i: int) -> str:
     return f"{POS_PREFIX}{i}"
 
 
-def flat_entropy(table: pa.Table) -> np.ndarray:
-    """Every token's entropy of a step as one flat array, as stored (float16 in the trace format)."""
+def flat_entropy(table: pa.Table) -> pa.Array:
+    """Every token's entropy of a step as one flat Arrow array, as stored (float16 in the trace format)."""
     col = table.column("entropy")
-    flat = pc.list_flatten(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
-    return flat.to_numpy(zero_copy_only=False)
+    return pc.list_flatten(col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
 
 
-def entropy_histogram(ent: np.ndarray) -> tuple[np.ndarray, float | None]:
+def entropy_histogram(ent: pa.Array | np.ndarray) -> tuple[np.ndarray, float | None]:
     """Token counts in `HIST_BINS` bins of `HIST_WIDTH` nats (the last one open-ended) and the max; NaN
-    is not counted. float16 input (the trace's) takes one integer pass: its 65,536 bit patterns are
-    counted, then each pattern is binned once."""
-    if ent.dtype == np.float16:
-        per_value = np.bincount(ent.view(np.uint16), minlength=1 << 16)
-        values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-        keep = np.isfinite(values) & (per_value > 0)
-        per_value, values = per_value[keep], values[keep]
+    is not counted. float16 (the trace's type) takes one hashing pass: the distinct bit patterns (at most
+    65,536) are counted by Arrow, then each pattern is binned once."""
+    if isinstance(ent, pa.Array) and ent.type == pa.float16():
+        vc = pc.value_counts(ent.view(pa.uint16()))
+        patterns = vc.field("values").to_numpy(zero_copy_only=False).astype(np.uint16)
+        per_value = vc.field("counts").to_numpy(zero_copy_only=False)
+        values = patterns.view(np.float16).astype(np.float32)
     else:
-        values = ent[np.isfinite(ent)].astype(np.float32)
+        values = np.asarray(ent, dtype=np.float32)
         per_value = np.ones(values.size, dtype=np.int64)
+    keep = np.isfinite(values)
+    values, per_value = values[keep], per_value[keep]
     b = np.clip(values * np.float32(1 / HIST_WIDTH), 0, HIST_BINS - 1).astype(np.int64)
     counts = np.bincount(b, weights=per_value, minlength=HIST_BINS).astype(np.int64)
     return counts, (float(values.max()) if values.size else None)
@@ -80,27 +81,30 @@ def hist_edges(top: float | None = None) -> np.ndarray:
 
 
 def position_means(table: pa.Table, bins: int = POSITION_BINS) -> list[float | None]:
-    """Mean entropy by relative position in the response (token p of a length-L response is in decile
-    ``p * bins // L``), from prefix sums: one pass over the tokens, then ``rows x bins`` differences."""
+    """Mean entropy by relative position in the response: token p of a length-L response is in decile
+    ``p * bins // L``, so each (response, decile) is a contiguous run of the flat column, summed in one
+    pass (``np.add.reduceat``) with no per-token index arrays."""
     col = table.column("entropy").combine_chunks()
     lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    ent = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    ent = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.float32)
     if not ent.size:
         return [None] * bins
-    csum = np.zeros(ent.size + 1)
-    np.cumsum(ent, dtype=np.float64, out=csum[1:])
-    if np.isfinite(csum[-1]):  # no NaN/inf: every token counts
-        ccount = np.arange(ent.size + 1)
-    else:
-        finite = np.isfinite(ent)
-        np.cumsum(np.where(finite, ent, 0), dtype=np.float64, out=csum[1:])
-        ccount = np.concatenate([[0], np.cumsum(finite)])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    # first position of decile d in a row of length L: ceil(d * L / bins)
+    # first position of decile d in a response of length L: ceil(d * L / bins)
     edges = -(-(np.arange(bins + 1)[None, :] * lengths[:, None]) // bins) + starts[:, None]
-    sums = (csum[edges[:, 1:]] - csum[edges[:, :-1]]).sum(axis=0)
-    counts = (ccount[edges[:, 1:]] - ccount[edges[:, :-1]]).sum(axis=0)
-    return [float(s / c) if c else None for s, c in zip(sums, counts, strict=True)]
+    seg_start, seg_len = edges[:, :-1].ravel(), np.diff(edges, axis=1).ravel()
+    at = np.minimum(seg_start, ent.size - 1)  # reduceat needs indices inside the array
+    # float32 sums per run (a few thousand tokens each: exact to ~1e-6), float64 across runs
+    sums = np.add.reduceat(ent, at).astype(np.float64)
+    counts = seg_len.astype(np.float64)
+    if not np.isfinite(sums.sum()):  # NaN/inf tokens: leave them out of sums and counts
+        finite = np.isfinite(ent)
+        sums = np.add.reduceat(np.where(finite, ent, 0), at).astype(np.float64)
+        counts = np.add.reduceat(finite.astype(np.int64), at).astype(np.float64)
+    sums[seg_len == 0] = 0  # reduceat returns the element itself for an empty run
+    counts[seg_len == 0] = 0
+    sums, counts = sums.reshape(-1, bins).sum(axis=0), counts.reshape(-1, bins).sum(axis=0)
+    return [float(x / c) if c else None for x, c in zip(sums, counts, strict=True)]
 
 
 def history_scalars(step: int, stats: Mapping[str, Any], table: pa.Table, analyses: bool = True) -> dict[str, Any]:
@@ -202,7 +206,7 @@ def heatmap_rows(table: pa.Table, texts: np.ndarray | None, n_groups: int = 4, n
 
 
 def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, threshold: float = DEFAULT_THRESHOLD,
-                 max_tokens: int = 2048, artifact: str = "") -> tuple[list[str], list[list[Any]]]:
+                 max_tokens: int = 1024, artifact: str = "") -> tuple[list[str], list[list[Any]]]:
     """Columns and rows (Python values; ``tokens`` is HTML) of the preview of up to ``n_rows`` responses.
 
     Rows are spread evenly over the step so every group has a chance to appear; ``artifact`` names the
@@ -213,27 +217,40 @@ def preview_rows(table: pa.Table, texts: np.ndarray | None, n_rows: int, thresho
     sub = preview_sample(table, n_rows)
     idx = np.arange(sub.num_rows)
     ent_col = sub.column("entropy").combine_chunks()
-    cols = _take(sub, np.arange(len(idx)), max_tokens,
-                 ("step", "sample_id", "group_id", "reward", "correct", "response_length", "token_ids", "entropy"))
+    cols = _take(sub, np.arange(len(idx)), max_tokens, ("step", "sample_id", "group_id", "reward", "correct",
+                                                         "response_length"))
+    ids, ent, offsets = _cut_flat(sub, max_tokens)
+    words_all = token_texts(texts, ids)
     full_len = pc.list_value_length(ent_col).fill_null(0).to_pylist()  # before the cut to max_tokens
     summary = preview_columns(sub)
     mean, top = summary["entropy_mean"], summary["entropy_max"]
     none = [None] * len(idx)
     rows = []
     for i in range(len(idx)):
-        ids, ent = cols["token_ids"][i] or [], cols["entropy"][i] or []
-        words = token_texts(texts, ids)
-        h = np.asarray([np.nan if x is None else x for x in ent], dtype=np.float32)
+        lo, hi = offsets[i], offsets[i + 1]
+        words, h = words_all[lo:hi], ent[lo:hi]
         rows.append([*(cols.get(k, none)[i] for k in ("step", "sample_id", "group_id", "reward", "correct")),
                      mean[i], top[i], cols.get("response_length", full_len)[i],
                      _top_forking(words, h, threshold), artifact,
-                     _response_html(words, ent, threshold, full_len[i])])
+                     _response_html(words, h.tolist(), threshold, full_len[i])])
     return list(PREVIEW_COLUMNS), rows
 
 
-def token_texts(texts: np.ndarray | None, ids: list[int]) -> list[str]:
+def _cut_flat(sub: pa.Table, max_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids and entropies (float32) of every row of ``sub``, each cut to ``max_tokens``, flat, with
+    the row offsets."""
+    out = []
+    for name in ("token_ids", "entropy"):
+        col = pc.list_slice(sub.column(name).combine_chunks(), 0, max_tokens)
+        out.append(pc.list_flatten(col).to_numpy(zero_copy_only=False))
+        lengths = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return out[0], out[1].astype(np.float32), offsets
+
+
+def token_texts(texts: np.ndarray | None, ids: Any) -> list[str]:
     """Display text of each token id (`wbtrace.vocab.texts_for`: ``<id:N>`` for one the vocabulary lacks)."""
-    ids = [-1 if t is None else t for t in ids]
+    ids = np.asarray([-1 if t is None else t for t in ids] if isinstance(ids, list) else ids, dtype=np.int64)
     return [str(t) for t in texts_for(np.array([], dtype=object) if texts is None else texts, ids)]
 
 
