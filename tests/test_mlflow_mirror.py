@@ -7,6 +7,7 @@ the same port and store.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,3 +189,47 @@ def test_two_traces_made_in_the_same_second_mirror_into_two_runs(server, tmp_pat
     assert a.run_info["trace_id"] != b.run_info["trace_id"]
     ra, rb = mirror_trace(a.run_dir, server.uri), mirror_trace(b.run_dir, server.uri)
     assert ra.run_id != rb.run_id and rb.uploaded == [1, 2, 3]
+
+
+def kill_server(server: MlflowServer) -> None:
+    """kill -9 of the server's process group: no shutdown, connections just refused from now on."""
+    import signal
+
+    os.killpg(server.proc.pid, signal.SIGKILL)
+    server.proc.wait(timeout=15)
+    server.proc = None
+
+
+def test_server_killed_during_mirror_is_one_line_in_seconds_and_a_rerun_finishes(server, client, tmp_path):
+    import time
+
+    local = write_trace(tmp_path / "run", range(5))
+    killed = []
+
+    def kill_after_two(done: int, total: int) -> None:
+        if done == 2 and not killed:
+            kill_server(server)
+            killed.append(time.monotonic())
+
+    try:
+        with pytest.raises(SourceError, match=r"stopped answering during log_artifact \(gave up after \d+ s\)"):
+            mirror_trace(local.run_dir, server.uri, progress=kill_after_two)
+        assert time.monotonic() - killed[0] < 30  # MLflow's own retries take ~4 minutes
+    finally:
+        if not server.healthy():
+            server.start()
+    r = CliRunner().invoke(main, ["mirror", str(local.run_dir), "mlflow://", "--tracking-uri", server.uri])
+    assert r.exit_code == 0, r.output
+    assert "uploaded 3 step files, 2 already there" in r.output
+    run_id = re.search(r"MLflow run (\w+) at", r.output).group(1)
+    assert metric_steps(client, run_id, "trace/entropy_mean") == [0, 1, 2, 3, 4]  # nothing twice
+    assert client.get_run(run_id).info.status == "FINISHED"  # a mirrored run does not stay RUNNING
+
+
+def test_sink_recovery_command_names_the_tracking_uri(server, tmp_path):
+    sink = MlflowSink(tracking_uri=server.uri)
+    sink.run_dir, sink.run_id = tmp_path / "my run", "abc123"
+    assert sink.recovery_command() == f"wbtrace mirror '{tmp_path}/my run' mlflow://abc123 --tracking-uri {server.uri}"
+    embedded = MlflowSink()
+    embedded.run_dir = tmp_path
+    assert "--tracking-uri" not in embedded.recovery_command()  # mirror's own default is the embedded store

@@ -15,6 +15,10 @@ class TraceFormatError(WbtraceError):
     """A path that is not a trace, a corrupt or truncated file, or an unknown schema version."""
 
 
+class TraceBusyError(WbtraceError):
+    """Another process is writing this trace directory (see `wbtrace.dirlock`)."""
+
+
 class SourceError(WbtraceError):
     """A remote or offline source (W&B, MLflow) cannot give what was asked: unknown run, missing step..."""
 

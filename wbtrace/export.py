@@ -105,6 +105,45 @@ def filter_rows(table: pa.Table, where: str | None) -> pa.Table:
         raise BadInputError(f"--where {where!r}: {first}") from None
 
 
+def guard_formulas(table: pa.Table) -> pa.Table:
+    """Text cells a spreadsheet would run as formulas (``=HYPERLINK(...)``, ``@SUM``) get a leading ``'``.
+
+    The rule is `wbtrace.textsafe.csv_cell`'s, applied per column with Arrow; the token ``-`` and plain
+    numbers stay as they are. Only CSV gets this: Parquet and JSONL keep the exact text.
+    """
+    from wbtrace.textsafe import CSV_FORMULA_START, CSV_SAFE
+
+    for i, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        col = table.column(i)
+        risky = pc.and_(pc.match_substring_regex(col, CSV_FORMULA_START),
+                        pc.invert(pc.match_substring_regex(col, CSV_SAFE))).fill_null(False)
+        if pc.any(risky).as_py():
+            table = table.set_column(i, field.name, pc.if_else(risky, pc.binary_join_element_wise("'", col, ""), col))
+    return table
+
+
+class _TerminalSafe:
+    """stdout when it is a terminal: trace text could carry escape sequences (retitle, clear, OSC 52),
+    so controls are shown as visible escapes there; a pipe or file gets the exact bytes."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        import codecs
+
+        self.out = out
+        self._decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(self, data: bytes) -> int:
+        from wbtrace.textsafe import terminal_text
+
+        self.out.write(terminal_text(self._decode.decode(bytes(data)), keep_newlines=True).encode("utf-8"))
+        return len(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
 class _Sink:
     """Appends tables to one output in a format; Parquet keeps the first table's schema."""
 
@@ -124,7 +163,7 @@ class _Sink:
                 table = self._conform(table)
             self._pq.write_table(table)
         elif self.fmt == "csv":
-            pl.from_arrow(table).write_csv(self.out, include_header=not self._header)
+            pl.from_arrow(guard_formulas(table)).write_csv(self.out, include_header=not self._header)
             self._header = True
         else:
             pl.from_arrow(table).write_ndjson(self.out)
@@ -148,8 +187,10 @@ def _open_output(path: str, fmt: str) -> Iterator[IO[bytes]]:
     if path == "-":
         if fmt == "parquet":
             raise BadInputError("--format parquet needs -o FILE (Parquet cannot stream to stdout)")
-        yield sys.stdout.buffer
+        yield _TerminalSafe(sys.stdout.buffer) if sys.stdout.isatty() else sys.stdout.buffer
         return
+    if not path.strip():
+        raise BadInputError("-o: empty file name (use -o - for stdout)")
     with atomic_output(path, parents=False) as tmp, open(tmp, "wb") as f:  # a failed export leaves no half file
         yield f
 

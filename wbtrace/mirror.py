@@ -109,7 +109,7 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
         The steps to mirror (default: every committed step).
     """
     store = TraceStore(run_dir)
-    client, uri = connect(tracking_uri)
+    client, uri = connect(tracking_uri, create=True)
     tags = {WANDB_RUN_TAG: wandb_run_id} if wandb_run_id else {}
     rid = _target_run(client, uri, store, run_id, experiment, run_name, tags)
     report = MirrorReport(run_id=rid, tracking_uri=uri)
@@ -134,4 +134,7 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
             report.metrics_logged += len(missing)
         if progress:
             progress(i, len(manifest))
+    if client.get_run(rid).info.status == "RUNNING":
+        # every file and metric is there now: a run mirror created (or a sink left open) is done
+        client.set_terminated(rid, status="FINISHED")
     return report

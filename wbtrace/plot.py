@@ -13,10 +13,12 @@ from typing import Any
 from wbtrace.errors import BadInputError, require
 from wbtrace.stats import DEFAULT_THRESHOLD
 from wbtrace.store import TraceStore
+from wbtrace.textsafe import terminal_text
 
 
-def _series(manifest: list[dict[str, Any]], key: str) -> list[float | None]:
-    return [e.get(key) for e in manifest]
+def _series(manifest: list[dict[str, Any]], key: str) -> list[float]:
+    """One value per step; a step without it (no tokens, no rewards) is NaN: a gap in the line."""
+    return [float("nan") if e.get(key) is None else float(e[key]) for e in manifest]
 
 
 def _has(manifest: list[dict[str, Any]], *keys: str) -> bool:
@@ -32,6 +34,13 @@ def plot_trace(store: TraceStore, out: Path, steps: list[int] | None = None) -> 
     manifest = [e for e in store.manifest if steps is None or e["step"] in set(steps)]
     if not manifest:
         raise BadInputError(f"{store.run_dir}: no steps to plot")
+    fmt = Path(out).suffix.lstrip(".").lower()
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise BadInputError(f"{out}: cannot write a {fmt or 'suffix-less'} image; use one of "
+                            f"{', '.join('.' + k for k in sorted(supported))}")
     panels = [_entropy_panel, _share_panel]
     if _has(manifest, "entropy_mean_correct"):
         panels.append(_correct_panel)
@@ -43,7 +52,8 @@ def plot_trace(store: TraceStore, out: Path, steps: list[int] | None = None) -> 
         panel(ax, x, manifest)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{store.run_dir.name}  ({store.run_info.get('model') or 'model ?'})", fontsize=10)
+    title = terminal_text(f"{store.run_dir.name}  ({store.run_info.get('model') or 'model ?'})")
+    fig.suptitle(title[:200], fontsize=10)  # trace text: controls shown as escapes, a 10 kB name cut
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -61,8 +71,8 @@ def _entropy_panel(ax, x, manifest) -> None:
 
 
 def _share_panel(ax, x, manifest) -> None:
-    threshold = manifest[-1].get("threshold", DEFAULT_THRESHOLD)
-    ax.plot(x, [100 * (v or 0) for v in _series(manifest, "share_above")], color="C0")
+    threshold = manifest[-1].get("threshold") or DEFAULT_THRESHOLD
+    ax.plot(x, [100 * v for v in _series(manifest, "share_above")], color="C0")
     ax.set_ylabel("% of tokens")
     ax.set_title(f"share above {threshold:g} nats")
 

@@ -54,12 +54,13 @@ KNOWN_SCALARS: dict[str, pa.DataType] = {
 FLOAT_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
-def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """One Parquet file as a table. Not ``pq.read_table``: that goes through ``pyarrow.dataset``, which
-    imports pandas (0.15-0.5 s of every command's start-up on 2 cores)."""
+def read_parquet(source: str | Path | pa.NativeFile, columns: list[str] | None = None, **options: Any) -> pa.Table:
+    """One Parquet file (a path or an open Arrow file) as a table; ``options`` go to `pq.ParquetFile`.
+    Not ``pq.read_table``: that goes through ``pyarrow.dataset``, which imports pandas (0.15-0.5 s of
+    every command's start-up on 2 cores)."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path) as f:
+    with pq.ParquetFile(source, **options) as f:
         return f.read(columns=columns)
 
 
@@ -252,8 +253,14 @@ def _masked_row_mean(values: np.ndarray, mask: np.ndarray, name: str) -> np.ndar
     return (np.where(mask, values, 0).sum(axis=1) / counts).astype(np.float32)
 
 
-def check_table(table: pa.Table, source: str = "table") -> None:
-    """Raise `TraceFormatError` unless ``table`` has the schema-v1 core columns with their types."""
+def check_table(table: pa.Table, source: str = "table", partial: bool = False) -> None:
+    """Raise `TraceFormatError` unless ``table`` is a schema-v1 step table a reader can trust.
+
+    Checked: the core columns and their types, one value per token in every per-token list (entropy,
+    log-prob, extras) for each response, and entropy finite and >= 0 (what the writer guarantees). A file
+    from someone else's trace that breaks one of these is reported as such instead of crashing a reader
+    later. ``partial`` (a column subset was read) checks only the columns present.
+    """
     from wbtrace.errors import TraceFormatError
 
     meta = table.schema.metadata or {}
@@ -267,5 +274,74 @@ def check_table(table: pa.Table, source: str = "table") -> None:
             "upgrade wbtrace"
         )
     for name in ("step", "sample_id", "token_ids", "entropy"):
-        if name not in table.column_names:
+        if name not in table.column_names and not partial:
             raise TraceFormatError(f"{source}: not a wbtrace step table (no column {name!r})")
+    problem = _type_problem(table.schema) or _length_problem(table) or _entropy_problem(table)
+    if problem:
+        raise TraceFormatError(f"{source}: {problem}")
+
+
+def check_schema(schema: pa.Schema, source: str = "table") -> None:
+    """Raise `TraceFormatError` when a known column has the wrong type: the part of `check_table` that a
+    file's footer alone answers (readers that scan many files lazily call it per file)."""
+    from wbtrace.errors import TraceFormatError
+
+    problem = _type_problem(schema)
+    if problem:
+        raise TraceFormatError(f"{source}: {problem}")
+
+
+def _kind(typ: pa.DataType) -> str:
+    for kind, test in (("integer", pa.types.is_integer), ("float", pa.types.is_floating), ("bool", pa.types.is_boolean),
+                       ("string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t))):
+        if test(typ):
+            return kind
+    return str(typ)
+
+
+def _type_problem(schema: pa.Schema) -> str | None:
+    want = {"token_ids": "list<integer>", "entropy": "list<float>", "logprob": "list<float>",
+            **{k: _kind(t) for k, t in KNOWN_SCALARS.items()}}
+    for field in schema:
+        if field.name not in want:
+            continue
+        typ = field.type
+        got = f"list<{_kind(typ.value_type)}>" if pa.types.is_list(typ) or pa.types.is_large_list(typ) else _kind(typ)
+        if got != want[field.name] and not (want[field.name] == "float" and got == "integer"):
+            return f"column {field.name!r} is {typ}, expected {want[field.name]}"
+    return None
+
+
+def _length_problem(table: pa.Table) -> str | None:
+    import pyarrow.compute as pc
+
+    if "token_ids" not in table.column_names:
+        return None
+    want = pc.list_value_length(table.column("token_ids")).fill_null(0)
+    for field in table.schema:
+        typ = field.type
+        if field.name in ("token_ids", "prompt_token_ids") or not (pa.types.is_list(typ) or pa.types.is_large_list(typ)):
+            continue
+        got = pc.list_value_length(table.column(field.name)).fill_null(0)
+        bad = pc.not_equal(got, want)
+        if pc.any(bad).as_py():
+            row = pc.index(bad, True).as_py()
+            return (f"response {row} has {got[row].as_py()} {field.name} values for "
+                    f"{want[row].as_py()} tokens (every per-token list has one value per token)")
+    return None
+
+
+def _entropy_problem(table: pa.Table) -> str | None:
+    import pyarrow.compute as pc
+
+    if "entropy" not in table.column_names or not table.num_rows:
+        return None
+    flat = pc.list_flatten(table.column("entropy")).cast(pa.float32())
+    finite = pc.is_finite(flat)
+    bad = len(flat) - pc.sum(finite.cast(pa.int64())).as_py() if len(flat) else 0
+    if bad:
+        return f"entropy has {bad} NaN/inf values"
+    low = pc.min(flat).as_py() if len(flat) else None
+    if low is not None and low < 0:
+        return f"entropy has negative values (min {low:.4g})"
+    return None

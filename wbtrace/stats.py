@@ -67,7 +67,9 @@ def step_stats(table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[st
     out["response_length_mean"] = float(np.mean(lengths)) if len(lengths) else 0.0
     reward = _column(table, "reward")
     if reward is not None:
-        out["reward_mean"] = float(np.nanmean(reward.astype(np.float64)))
+        reward = reward.astype(np.float64)
+        finite = np.isfinite(reward)
+        out["reward_mean"] = float(reward[finite].mean()) if finite.any() else None  # JSON has no NaN
     correct = _column(table, "correct")
     if correct is not None:
         correct = correct.astype(bool)

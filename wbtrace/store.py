@@ -12,6 +12,7 @@ The manifest names only whole files: the writer renames a step file into place, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -72,6 +73,47 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
         else:
             log.warning("%s: line %d is not a JSON object (torn write?); ignored", path, i + 1)
     return entries
+
+
+# Manifest values that are numbers (step statistics, sizes); readers do arithmetic on them.
+_NUMERIC_KEY = re.compile(r"^(n_|entropy_|reward_|share_|accuracy$|threshold$|bytes$|response_length_mean$)")
+
+
+def clean_manifest_entry(entry: dict[str, Any], source: Path | str = MANIFEST) -> dict[str, Any] | None:
+    """``entry`` as readers may use it, or None when it names no step.
+
+    The manifest may come from someone else's trace: a statistic that is not a finite number is dropped
+    (readers show it as missing) and a ``file`` that is not a relative path inside ``steps/`` is replaced
+    by the step's standard name, so no reader does arithmetic on a string or opens a path outside the trace.
+    """
+    step = entry.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return None
+    out = dict(entry)
+    for key, value in entry.items():
+        if _NUMERIC_KEY.match(key) and value is not None and not _is_number(value):
+            log.warning("%s: step %d: %s is %r, not a number; ignored", source, step, key, value)
+            del out[key]
+    file = out.get("file")
+    if file is not None and (not isinstance(file, str) or parse_step_filename(Path(file).name) is None
+                             or Path(file).parent != Path(STEPS_DIR)):
+        out["file"] = step_relpath(step)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes: what the manifest records per step, and what verify/pull/mirror compare."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def temp_path(path: Path) -> Path:
@@ -182,8 +224,9 @@ class TraceStore:
 
     @property
     def manifest(self) -> list[dict[str, Any]]:
-        """Committed steps' manifest lines, in step order, one per step."""
-        by_step = {e["step"]: e for e in read_manifest(self.run_dir / MANIFEST) if isinstance(e.get("step"), int)}
+        """Committed steps' manifest lines, in step order, one per step (see `clean_manifest_entry`)."""
+        entries = (clean_manifest_entry(e, self.run_dir / MANIFEST) for e in read_manifest(self.run_dir / MANIFEST))
+        by_step = {e["step"]: e for e in entries if e is not None}
         return [by_step[s] for s in sorted(by_step)]
 
     @property
@@ -207,17 +250,41 @@ class TraceStore:
         return (selection or StepSelection()).resolve(self.steps, self.run_dir)
 
     def read_step(self, step: int, columns: list[str] | None = None) -> pa.Table:
-        """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset."""
+        """One step as a `pyarrow.Table` (one row per response); ``columns`` selects a subset.
+
+        Every page's CRC is checked (the writer stores them); a whole-file read also checks the file's
+        sha256 against the manifest, which catches what page checksums miss (a flip in the footer).
+        """
         path = self.step_path(step)
         if not path.exists():
             raise BadInputError(f"step {step} not in {self.run_dir}; it has steps {format_steps(self.steps)}")
         try:
-            table = read_parquet(path, columns)
-        except (pa.ArrowInvalid, OSError) as e:
+            data = path.read_bytes() if columns is None else None
+            source = path if data is None else pa.BufferReader(data)
+            table = read_parquet(source, columns, page_checksum_verification=True)
+        except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
-        if columns is None:
-            check_table(table, str(path))
+        if data is not None:
+            self._check_digest(step, path, hashlib.sha256(data).hexdigest())
+        check_table(table, str(path), partial=columns is not None)
         return table
+
+    def recorded_sha256(self, step: int) -> str | None:
+        """The sha256 the manifest recorded for ``step`` when it was committed (None for older traces)."""
+        if step not in self._digests:
+            self.__dict__.pop("_digests", None)  # a live trace: the step may have landed since
+        digest = self._digests.get(step)
+        return digest if isinstance(digest, str) else None
+
+    @cached_property
+    def _digests(self) -> dict[int, Any]:
+        return {e["step"]: e.get("sha256") for e in self.manifest}
+
+    def _check_digest(self, step: int, path: Path, got: str) -> None:
+        want = self.recorded_sha256(step)
+        if want is not None and got != want:
+            raise TraceFormatError(f"{path}: corrupt: its bytes changed since it was committed (sha256 {got[:12]}..., "
+                                   f"the manifest has {want[:12]}...); `wbtrace verify {self.run_dir}` lists all damage")
 
     def iter_steps(self, steps: Iterable[int] | None = None, columns: list[str] | None = None
                    ) -> Iterator[tuple[int, pa.Table]]:

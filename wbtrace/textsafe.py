@@ -5,6 +5,9 @@ control or ESC sequence can retitle the window, clear the screen or write the cl
 control reverses the text after it; rich markup in a string (``[/]``) crashes or restyles rich's output.
 Every command that prints trace data passes it through :func:`terminal_text` (plain output) or
 :func:`rich_text` (rich tables and panels); HTML output escapes in the browser with ``textContent``.
+Error messages become one line with :func:`one_line`. A CSV cell that a spreadsheet would run as a
+formula gets a leading ``'`` (:func:`csv_cell`); the viewer's CSV download uses the same two patterns
+(shipped to the page), so the CLI and the browser agree.
 
 Examples
 --------
@@ -16,6 +19,10 @@ Examples
 'line\\nnext'
 >>> rich_text("[/INST]").plain
 '[/INST]'
+>>> one_line("Invalid: bad column\\n  at row 3")
+'Invalid: bad column at row 3'
+>>> [csv_cell(v) for v in ("=1+1", "-", "-3.5", "@SUM(A1)", "--", "-2+3")]
+["'=1+1", '-', '-3.5', "'@SUM(A1)", '--', "'-2+3"]
 """
 
 from __future__ import annotations
@@ -56,3 +63,22 @@ def rich_text(text: object, style: str = "", keep_newlines: bool = False) -> Tex
     from rich.text import Text
 
     return Text(terminal_text(text, keep_newlines=keep_newlines), style=style)
+
+
+def one_line(message: object) -> str:
+    """``message`` as one terminal-safe line: line breaks (Arrow and HTTP errors carry them) become spaces."""
+    return terminal_text(re.sub(r"\s*[\r\n]+\s*", " ", "" if message is None else str(message)).strip())
+
+
+# A spreadsheet evaluates a cell that starts with = + - @ (tab and CR can hide the sign before them), so
+# such a text cell gets a leading ' (OWASP's CSV-injection advice). Plain numbers and cells of only
+# + and - (the token "-", a "---" rule) cannot call anything and stay as they are. Both patterns are
+# RE2/JavaScript compatible: Arrow applies them to whole columns and the viewer to its downloads.
+CSV_FORMULA_START = r"^[=+\-@\t\r]"
+CSV_SAFE = r"^(?:[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]+)$"
+_FORMULA_START, _SAFE = re.compile(CSV_FORMULA_START), re.compile(CSV_SAFE)
+
+
+def csv_cell(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it as a formula (see ``CSV_FORMULA_START``)."""
+    return "'" + text if _FORMULA_START.match(text) and not _SAFE.match(text) else text

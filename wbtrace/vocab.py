@@ -155,7 +155,21 @@ class Vocab:
 
     @classmethod
     def read(cls, path: Path) -> Vocab:
-        return cls(read_parquet(path) if Path(path).exists() else None)
+        """The vocabulary in ``path`` (none when the file is missing: tokens show as ``<id:N>``)."""
+        from wbtrace.errors import TraceFormatError
+
+        if not Path(path).exists():
+            return cls(None)
+        try:
+            table = read_parquet(path)
+        except (pa.ArrowException, OSError) as e:
+            raise TraceFormatError(f"{path}: corrupt or truncated vocabulary file ({e})") from None
+        text = table.schema.field("text").type if "text" in table.column_names else None
+        if text is None or not (pa.types.is_string(text) or pa.types.is_large_string(text)):
+            raise TraceFormatError(f"{path}: not a wbtrace vocabulary (needs a string column 'text')")
+        if "bytes" in table.column_names and not pa.types.is_binary(table.schema.field("bytes").type):
+            table = table.drop_columns(["bytes"])  # decode() falls back to the text
+        return cls(table)
 
     def text(self, token_id: int) -> str:
         return self.texts[token_id] if 0 <= token_id < len(self.texts) else unknown_text(token_id)

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from wbtrace.dirlock import TraceLock
 from wbtrace.errors import BadInputError
 from wbtrace.schema import SCHEMA_VERSION, pack_step, read_parquet, to_numpy
 from wbtrace.sinks.base import TraceSink
@@ -48,6 +49,7 @@ from wbtrace.store import (
     atomic_output,
     atomic_write,
     clean_temp_files,
+    file_sha256,
     parse_step_filename,
     read_manifest,
     step_relpath,
@@ -74,7 +76,8 @@ class WriterReport:
 
     @property
     def ok(self) -> bool:
-        return not (self.rejected or self.dropped or self.errors or self.columns_dropped
+        # a skipped step was not written: the caller's data for it is not in the trace
+        return not (self.skipped or self.rejected or self.dropped or self.errors or self.columns_dropped
                     or sum(self.sink_errors.values()))
 
 
@@ -93,7 +96,8 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
     with atomic_output(path) as tmp:
         pq.write_table(table, tmp, compression=compression, compression_level=compression_level,
                        use_dictionary=dictionary, column_encoding={c: "PLAIN" for c in plain},
-                       write_statistics=scalars, row_group_size=max(table.num_rows, 1))
+                       write_statistics=scalars, row_group_size=max(table.num_rows, 1),
+                       write_page_checksum=True)  # a reader detects a flipped bit in any page
     return path.stat().st_size
 
 
@@ -110,7 +114,7 @@ def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DE
     rel = step_relpath(step)
     stats = step_stats(table, threshold)  # before the file exists: a failure here leaves nothing behind
     nbytes = write_parquet_atomic(table, run_dir / rel)
-    entry = {"step": step, "file": rel, "bytes": nbytes, **stats,
+    entry = {"step": step, "file": rel, "bytes": nbytes, "sha256": file_sha256(run_dir / rel), **stats,
              "committed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     append_manifest(run_dir, entry)
     return entry
@@ -125,10 +129,20 @@ def _git_commit() -> str | None:
 
 
 def init_run_dir(run_dir: Path, run_info: dict[str, Any] | None = None, tokenizer: Any = None,
-                 vocab: Sequence[str] | pa.Table | None = None) -> dict[str, Any]:
-    """Create ``run.json`` (kept as is if present, after a version check) and ``vocab.parquet``."""
+                 vocab: Sequence[str] | pa.Table | None = None, resume: bool | None = None) -> dict[str, Any]:
+    """Create ``run.json`` (kept as is if present, after a version check) and ``vocab.parquet``.
+
+    A directory that already holds a trace is continued only when it is the same run (`other_run_problem`);
+    ``resume=True`` continues it regardless, ``resume=False`` refuses any directory with steps.
+    """
     from wbtrace import __version__
 
+    table = None
+    if tokenizer is not None or vocab is not None:
+        table = vocab if isinstance(vocab, pa.Table) else build_vocab(tokenizer=tokenizer, pieces=vocab)
+    problem = other_run_problem(run_dir, run_info, table, resume)
+    if problem:
+        raise BadInputError(problem)
     (run_dir / STEPS_DIR).mkdir(parents=True, exist_ok=True)
     if (run_dir / RUN_JSON).exists():
         info = TraceStore(run_dir).run_info  # checks the schema version
@@ -140,12 +154,42 @@ def init_run_dir(run_dir: Path, run_info: dict[str, Any] | None = None, tokenize
                 "git_commit": _git_commit(),
                 "tokenizer": getattr(tokenizer, "name_or_path", None), **(run_info or {})}
         atomic_write(run_dir / RUN_JSON, json.dumps(info, indent=2, default=str).encode())
-    if not (run_dir / VOCAB_FILE).exists() and (tokenizer is not None or vocab is not None):
-        table = vocab if isinstance(vocab, pa.Table) else build_vocab(tokenizer=tokenizer, pieces=vocab)
+    if not (run_dir / VOCAB_FILE).exists() and table is not None:
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink, compression="zstd")
         atomic_write(run_dir / VOCAB_FILE, sink.getvalue().to_pybytes())
     return info
+
+
+def other_run_problem(run_dir: Path, run_info: dict[str, Any] | None, vocab: pa.Table | None,
+                      resume: bool | None = None) -> str | None:
+    """Why ``run_dir`` must not take this run's steps, or None when it may (new, or the same run resumed).
+
+    The same run: no recorded ``model`` or ``trace_id`` that differs from ``run_info``'s, and the same token
+    texts as the vocabulary given. Config changes (more steps, a new learning rate) are a resume. Another
+    run's steps would be skipped as "already there", and the new ones decoded with the old vocabulary.
+    """
+    from wbtrace.vocab import Vocab
+
+    has_steps = (run_dir / MANIFEST).exists() or any((run_dir / STEPS_DIR).glob("step_*.parquet"))
+    if not (run_dir / RUN_JSON).exists():
+        return (f"{run_dir} has steps but no {RUN_JSON}: it is not a trace this writer can continue; "
+                "write to a new directory") if has_steps else None
+    if resume is False and has_steps:
+        return f"{run_dir} already holds a trace (resume=False): write to a new directory"
+    if resume:
+        return None
+    old = TraceStore(run_dir).run_info
+    for key in ("trace_id", "model"):
+        mine, theirs = (run_info or {}).get(key), old.get(key)
+        if mine is not None and theirs is not None and mine != theirs:
+            return (f"{run_dir} holds another run ({key} {theirs!r}, this one is {mine!r}); write to a new "
+                    "directory, or pass resume=True if it is the same run")
+    if vocab is not None and (run_dir / VOCAB_FILE).exists():
+        if list(Vocab.read(run_dir / VOCAB_FILE).texts) != vocab.column("text").to_pylist():
+            return (f"{run_dir} holds another run (its vocabulary differs from this tokenizer's); write to a "
+                    "new directory, or pass resume=True if it is the same run")
+    return None
 
 
 def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
@@ -176,7 +220,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)
             continue
         append_manifest(run_dir, {"step": step, "file": step_relpath(step), "bytes": path.stat().st_size,
-                                  **stats, "recovered": True})
+                                  "sha256": file_sha256(path), **stats, "recovered": True})
         committed.add(step)
     return committed
 
@@ -210,6 +254,10 @@ class TraceWriter:
         The vocabulary pieces instead of a tokenizer.
     run_info : dict, optional
         Stored in ``run.json``: model, trainer config, anything JSON-serialisable.
+    resume : bool, optional
+        None (default): a directory holding this run (same model, trace id, vocabulary) is continued, one
+        holding another run raises `BadInputError`. True: continue whatever it holds. False: refuse a
+        directory that has steps.
     sinks : sequence of TraceSink, default ()
         Receive every committed step (W&B, MLflow); their errors are counted, never raised.
     queue_size : int, default 4
@@ -235,11 +283,18 @@ class TraceWriter:
     def __init__(self, run_dir: str | os.PathLike, *, tokenizer: Any = None,
                  vocab: Sequence[str] | pa.Table | None = None, run_info: dict[str, Any] | None = None,
                  sinks: Sequence[TraceSink] = (), queue_size: int = 4, max_block_s: float = 30.0,
-                 logprob_dtype: str = "float16", threshold: float = DEFAULT_THRESHOLD) -> None:
+                 logprob_dtype: str = "float16", threshold: float = DEFAULT_THRESHOLD,
+                 resume: bool | None = None) -> None:
         if logprob_dtype not in ("float16", "float32"):
             raise BadInputError(f"logprob_dtype must be 'float16' or 'float32', got {logprob_dtype!r}")
         self.run_dir = Path(run_dir)
-        self.run_info = init_run_dir(self.run_dir, run_info, tokenizer, vocab)
+        # one writer per directory, held until close(); a second writer is refused here, at construction
+        self._dirlock = TraceLock(self.run_dir, "TraceWriter").acquire()
+        try:
+            self.run_info = init_run_dir(self.run_dir, run_info, tokenizer, vocab, resume)
+        except BaseException:
+            self._dirlock.release()
+            raise
         self.sinks = list(sinks)
         self.max_block_s = max_block_s
         self.logprob_dtype = logprob_dtype
@@ -291,7 +346,9 @@ class TraceWriter:
                 raise BadInputError("writer is closed")
             if step in self._committed or step in self._pending:
                 self.report.skipped += 1
-                log.info("wbtrace: step %d is already in %s; skipped", step, self.run_dir)
+                if self.report.skipped <= 3:  # counted in the report; the log need not repeat it per step
+                    log.warning("wbtrace: step %d is already in %s; this write is skipped (committed steps are "
+                                "never replaced)", step, self.run_dir)
                 return False
             self._pending.add(step)
         try:
@@ -344,6 +401,7 @@ class TraceWriter:
             self._thread.join()
             for sink in self.sinks:
                 self._call_sink(sink, "finish", status)
+            self._dirlock.release()
             r = self.report
             if not r.ok:
                 log.warning("wbtrace: %d steps written to %s; %d rejected, %d dropped, %d errors, sink errors %s",

@@ -80,9 +80,27 @@ def scan(store: TraceStore | pa.Table, steps: Iterable[int] | None = None) -> pl
         return lf if steps is None else lf.filter(pl.col("step").is_in(list(steps)))
     chosen = chosen_steps(store, steps)
     paths = [str(store.step_path(s)) for s in chosen]
+    _check_footers(paths)
     if not paths:
         return pl.LazyFrame({"step": pl.Series([], dtype=pl.Int32)})
     return pl.scan_parquet(paths, missing_columns="insert", extra_columns="ignore")
+
+
+def _check_footers(paths: list[str]) -> None:
+    """Column types from each file's footer (no data read): a file with, say, string entropy is one clear
+    `TraceFormatError` here instead of a Polars cast error deep inside a query."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from wbtrace.errors import TraceFormatError
+    from wbtrace.schema import check_schema
+
+    for path in paths:
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowException, OSError) as e:
+            raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
+        check_schema(schema, path)
 
 
 def responses(store: TraceStore, steps: Iterable[int] | None = None, where: Where = ALL,

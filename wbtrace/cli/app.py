@@ -17,14 +17,22 @@ import sys
 import click
 
 from wbtrace.errors import WbtraceError
+from wbtrace.textsafe import one_line
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class UserError(click.ClickException):
-    """Bad input from the user: one line on stderr, exit code 2, no traceback."""
+    """Bad input from the user: one line on stderr, exit code 2, no traceback.
+
+    The message may quote trace data or a backend's reply (run names, Arrow errors with line breaks):
+    it is made one terminal-safe line here, once for every command.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(one_line(message))
 
 
 # Command name -> the wbtrace.cli module that defines it. Only a shortcut: a name missing here is still
@@ -149,6 +157,10 @@ class WbtraceGroup(click.Group):
             if e.errno != errno.EPIPE and "Broken pipe" not in str(e):
                 # A path the user gave that cannot be written or read: one line, not a traceback.
                 raise UserError(f"{e.filename}: {e.strerror}" if e.filename else str(e)) from None
+        except click.ClickException as e:
+            if isinstance(e, (UserError, click.UsageError)):
+                raise
+            raise UserError(e.format_message()) from None
             # `wbtrace export ... | head`: the reader left; stop quietly like other Unix tools.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(0)

@@ -1,8 +1,9 @@
-"""CLI commands that look at a trace: ``ls``, ``stats``, ``plot`` (``show`` is in cli/show.py)."""
+"""CLI commands that look at a trace: ``ls``, ``stats``, ``plot``, ``verify`` (``show`` is in cli/show.py)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import click
@@ -14,6 +15,7 @@ from wbtrace.cli.app import main
 from wbtrace.cli.options import fmt_count, fmt_float, open_store, step_options, trace_dir_argument
 from wbtrace.stats import DEFAULT_THRESHOLD, forking_tokens, position_profile, step_stats
 from wbtrace.steps import StepSelection
+from wbtrace.textsafe import rich_text, terminal_text
 
 
 @main.command("ls")
@@ -26,7 +28,8 @@ def ls_cmd(trace_dir: str) -> None:
         wbtrace ls outputs/demo/entropy_trace
     """
     store = open_store(trace_dir)
-    table = Table(title=f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})", title_justify="left")
+    table = Table(title=rich_text(f"{store.run_dir}  ({store.run_info.get('model') or 'model ?'})"),
+                  title_justify="left")
     for col in ("step", "responses", "kept", "tokens", "mean H", "p90 H", "reward", "KiB"):
         table.add_column(col, justify="right")
     for e in store.manifest:
@@ -81,7 +84,7 @@ def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: b
     where = Where(kept=kept, correct=correct)
     records = [_stats_record(store, s, threshold, where) for s in store.select(steps)]
     if as_json:
-        click.echo(json.dumps(records, indent=1))
+        click.echo(json.dumps(_json_safe(records), indent=1, allow_nan=False))
         return
     console = wide_console()
     console.print(_percentile_table(records, threshold))
@@ -92,9 +95,20 @@ def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: b
     forks.add_column("step", justify="right")
     forks.add_column("tokens")
     for r in records:
-        forks.add_row(str(r["step"]), "  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
-                                                for f in r["forking_tokens"][:6]))
+        forks.add_row(str(r["step"]), rich_text("  ".join(f"{f['token']!r} {f['count']} ({f['entropy_mean']:.2f})"
+                                                          for f in r["forking_tokens"][:6])))
     console.print(forks)
+
+
+def _json_safe(value):
+    """``value`` with NaN/inf (a trace's NaN rewards, say) as null: ``NaN`` is not JSON and breaks ``jq``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _percentile_table(records: list[dict], threshold: float) -> Table:
@@ -153,3 +167,32 @@ def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     chosen = store.select(steps)
     out = plot_trace(store, output or Path("entropy.png"), chosen)
     click.echo(f"wrote {out}", err=True)
+
+
+@main.command("verify")
+@trace_dir_argument
+def verify_cmd(trace_dir: str) -> None:
+    """Check every file of a trace (sha256, Parquet page checksums, schema, counts); name the damage.
+
+    Exit code 0 when every step is whole, 1 when something is damaged (each listed), 2 when TRACE_DIR
+    is not a trace.
+
+    \b
+    Example:
+        wbtrace verify outputs/demo/entropy_trace
+    """
+    from wbtrace.store import format_steps
+    from wbtrace.verify import verify_trace
+
+    report = verify_trace(trace_dir)
+    for note in report.notes:
+        click.echo(f"note: {terminal_text(note)}")
+    for what, why in report.damaged.items():
+        click.echo(f"damaged: {'step ' + str(what) if isinstance(what, int) else what}: {terminal_text(why)}")
+    unverified = f"; {len(report.unverified)} without a recorded sha256 (checked by page checksums and schema)" \
+        if report.unverified else ""
+    if report.ok:
+        click.echo(f"ok: {len(report.whole)} steps whole ({format_steps(report.whole)}){unverified}")
+        return
+    click.echo(f"{len(report.damaged)} damaged, {len(report.whole)} steps whole{unverified}", err=True)
+    raise SystemExit(1)

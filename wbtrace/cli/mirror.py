@@ -69,7 +69,7 @@ def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, ru
     """
     import os
 
-    from wbtrace.backends.mlflow import default_tracking_uri
+    from wbtrace.backends.mlflow import default_tracking_uri, mlflow_errors
     from wbtrace.mirror import mirror_trace
 
     run_id, uri_from_dst = parse_target(dst)
@@ -78,7 +78,7 @@ def mirror_cmd(src: str, dst: str, tracking_uri: str | None, experiment: str, ru
         uri = tracking_uri or uri_from_dst or os.environ.get("MLFLOW_TRACKING_URI")
         if uri is None and is_local:
             uri = default_tracking_uri(trace_dir)
-        with progress_bar() as bar:
+        with progress_bar() as bar, mlflow_errors():
             task = bar.add_task("mirroring", total=None)
             report = mirror_trace(trace_dir, uri, run_id=run_id, experiment=experiment, run_name=run_name,
                                   wandb_run_id=wandb_run_id, steps=steps,

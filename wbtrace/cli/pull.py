@@ -46,7 +46,9 @@ def pull_cmd(source: str, steps: StepSelection, dest: Path | None, entity: str |
     if steps.empty:
         raise BadInputError("choose steps: --step N (repeatable), --steps A:B or --all")
     src = open_source(source, entity=entity, project=project, tracking_uri=tracking_uri, kind=kind)
-    with progress_bar() as bar:
+    from wbtrace.backends.mlflow import mlflow_errors
+
+    with progress_bar() as bar, mlflow_errors():
         task = bar.add_task(f"pulling {source}", total=None)
         out = pull(src, steps, dest, progress=lambda done, total: bar.update(task, completed=done, total=total))
     click.echo(f"pulled {out}: steps {format_steps(TraceStore(out).steps)}", err=True)

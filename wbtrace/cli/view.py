@@ -9,6 +9,7 @@ import click
 
 from wbtrace.cli.app import main
 from wbtrace.cli.options import step_options
+from wbtrace.errors import BadInputError
 from wbtrace.steps import StepSelection
 
 
@@ -21,7 +22,8 @@ from wbtrace.steps import StepSelection
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
 @click.option("--serve", is_flag=True, help="Serve on 127.0.0.1 and load steps lazily (traces too big for one file).")
-@click.option("--port", type=int, default=8765, show_default=True, help="Port for --serve (0 picks a free one).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+              help="Port for --serve (0 picks a free one).")
 @click.option("--follow", is_flag=True,
               help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
 @click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -62,7 +64,7 @@ def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: 
     try:
         server = make_server(app, "127.0.0.1", port)
     except OSError as e:
-        raise click.ClickException(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
+        raise BadInputError(f"cannot listen on 127.0.0.1:{port} ({e.strerror}); try --port 0") from None
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     live = ", following new steps" if follow else ""
     click.echo(f"Serving {trace_dir} ({len(app.steps)} steps{live}) on {url}  (Ctrl-C stops)")

@@ -36,11 +36,10 @@ def _w_and_b(what: str) -> Iterator[None]:
 
 
 def _api(timeout: float) -> Any:
-    from wbtrace.errors import require
+    from wbtrace.sources.wandb_api import make_api
 
-    wandb = require("wandb", "wandb")
     with _w_and_b("cannot reach W&B"):
-        return wandb.Api(timeout=timeout)
+        return make_api(timeout)  # logged in? host reachable within 5 s? before wandb waits on its own
 
 
 _TIMEOUT = click.option("--timeout", type=click.FloatRange(min=1), default=20.0, show_default=True,

@@ -299,8 +299,19 @@ class MlflowSink(TraceSink):
             self.degraded = f"{what}: {e}"
             raise WbtraceError(
                 f"MLflow sink disabled after {what} failed ({e}); the local trace keeps every step: "
-                f"run `wbtrace mirror {self.run_dir or 'RUN_DIR'} mlflow://{self.run_id or ''}` later"
+                f"run `{self.recovery_command()}` later"
             ) from e
+
+    def recovery_command(self) -> str:
+        """The ``wbtrace mirror`` command that fills this sink's gaps, with its tracking URI: mirror's own
+        default is the trace's embedded store, so without it the command would write somewhere else."""
+        import shlex
+
+        cmd = f"wbtrace mirror {shlex.quote(str(self.run_dir or 'RUN_DIR'))} mlflow://{self.run_id or ''}"
+        if self.tracking_uri is not None and (self.run_dir is None
+                                              or self.tracking_uri != default_tracking_uri(self.run_dir)):
+            cmd += f" --tracking-uri {shlex.quote(self.tracking_uri)}"
+        return cmd
 
     def _ensure_run(self) -> MlflowClient:
         with self._run_lock:
@@ -360,7 +371,7 @@ class MlflowSink(TraceSink):
     def finish(self, status: str = "success") -> None:
         if self.degraded is not None:
             warnings.warn(f"MLflow sink: {self.errors} failed and {self.skipped} skipped calls "
-                          f"(first: {self.degraded}); fill the gap with `wbtrace mirror`", stacklevel=2)
+                          f"(first: {self.degraded}); fill the gap with `{self.recovery_command()}`", stacklevel=2)
             return
         if self.run_id is None:
             return

@@ -31,7 +31,8 @@ def local_store(ref: str, **source_options: str | None) -> tuple[TraceStore, Cal
     dest = cache_root() / source.key
 
     def refresh() -> None:
-        pull(source, dest=dest, only_new=True)
+        # a fresh source each time: sources cache what they read (an offline run's parsed log, say)
+        pull(open_source(ref, **source_options), dest=dest, only_new=True)
 
     refresh()
     return TraceStore(dest), refresh

@@ -22,7 +22,15 @@ from typing import Any
 from wbtrace.errors import SourceError, TraceFormatError
 from wbtrace.sources.base import TraceSource
 from wbtrace.steps import StepSelection
-from wbtrace.store import MANIFEST, RUN_JSON, VOCAB_FILE, atomic_write, read_manifest, step_relpath
+from wbtrace.store import (
+    MANIFEST,
+    RUN_JSON,
+    VOCAB_FILE,
+    atomic_write,
+    file_sha256,
+    read_manifest,
+    step_relpath,
+)
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -77,9 +85,17 @@ def _step_line(path: Path, step: int, given: Mapping[str, Any]) -> dict[str, Any
         table = pq.read_table(path)
     except Exception as e:  # any pyarrow failure means the download is not a step file
         raise TraceFormatError(f"step {step}: the downloaded file is not readable Parquet ({e})") from None
-    threshold = given.get("threshold", DEFAULT_THRESHOLD)
-    line = {k: v for k, v in given.items() if not k.startswith("_") and k != "schema_version"}
-    line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size})
+    given = given if isinstance(given, Mapping) else {}  # metadata comes from the source: untrusted
+    threshold = given.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
+        threshold = DEFAULT_THRESHOLD
+    line = {k: v for k, v in given.items()
+            if isinstance(k, str) and not k.startswith("_") and k != "schema_version"}
+    digest = file_sha256(path)
+    if isinstance(given.get("sha256"), str) and given["sha256"] != digest:
+        raise SourceError(f"step {step}: the downloaded file does not match the sha256 its writer recorded "
+                          f"({digest[:12]}... != {given['sha256'][:12]}...); nothing was written, pull it again")
+    line.update({"step": step, "file": step_relpath(step), "bytes": path.stat().st_size, "sha256": digest})
     line.update(step_stats(table, float(threshold)))
     return line
 

@@ -39,13 +39,59 @@ def parse_run_ref(ref: str, entity: str | None = None, project: str | None = Non
     raise SourceError(f"bad run reference {ref!r}: expected RUN_ID or ENTITY/PROJECT/RUN_ID")
 
 
-def make_api() -> Any:
-    """A `wandb.Api`, or `SourceError` when not logged in (`MissingDependencyError` without wandb)."""
+REACH_TIMEOUT = 5.0  # seconds to wait for W&B's host to accept a connection (wandb itself waits 20 s, then raises)
+
+
+def make_api(timeout: float = 20.0) -> Any:
+    """A `wandb.Api` whose requests wait at most ``timeout`` s, or `SourceError` when not logged in or
+    W&B's host does not accept a connection within ``REACH_TIMEOUT`` s (`MissingDependencyError`
+    without wandb). Without the probe, a key and an unreachable host cost wandb's own 20 s wait."""
     wandb = require("wandb", "wandb")
+    if _api_key(_base_url()) is not None:  # with no key wandb.Api() fails at once: NO_LOGIN below
+        check_reachable(_base_url(), min(timeout, REACH_TIMEOUT))
     try:
-        return wandb.Api()
+        return wandb.Api(timeout=int(max(timeout, 1)))
     except wandb.errors.UsageError as e:
         raise SourceError(NO_LOGIN) from e
+    except wandb.errors.CommError as e:  # AuthenticationError included: a bad key, a server that stalls
+        raise SourceError(f"W&B at {_base_url()} did not accept the login: {_first_line(e)}") from None
+
+
+def _base_url() -> str:
+    import os
+
+    from wandb.sdk.wandb_settings import Settings
+
+    return os.environ.get("WANDB_BASE_URL") or Settings().base_url
+
+
+def _api_key(base_url: str) -> str | None:
+    """The key wandb would log in with: ``WANDB_API_KEY``, else the netrc entry of the API host."""
+    import netrc
+    import os
+    from urllib.parse import urlparse
+
+    if os.environ.get("WANDB_API_KEY"):
+        return os.environ["WANDB_API_KEY"]
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(urlparse(base_url).hostname or "")
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return auth[2] if auth else None
+
+
+def check_reachable(base_url: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Raise `SourceError` unless ``base_url``'s host accepts a TCP connection within ``timeout`` s."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(base_url)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as e:
+        raise SourceError(f"cannot reach W&B: {base_url} did not answer within {timeout:g} s "
+                          f"({e.strerror or type(e).__name__}); check the network or WANDB_BASE_URL") from None
 
 
 def _lookup_errors() -> tuple[type[BaseException], ...]:
@@ -108,7 +154,7 @@ class WandbApiSource(TraceSource):
         root = scratch / "artifact"
         art.download(root=str(root))
         self._downloaded = {step: root}
-        self._metadata = dict(art.metadata or {})
+        self._metadata = art.metadata if isinstance(art.metadata, dict) else {}  # untrusted: may be any JSON
         return root
 
     def step_file(self, step: int, scratch: Path) -> StepFile:

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from wbtrace import palette, stats
+from wbtrace import palette, stats, textsafe
 from wbtrace.steps import StepSelection
 from wbtrace.store import TraceStore, atomic_output
 from wbtrace.viewer.charts import chart_specs
@@ -105,7 +105,9 @@ def build_meta(store: TraceStore, steps: list[int], threshold: float, specs: dic
     meta["analyses"] = run_analyses(store, steps, threshold, specs)
     meta["compare"] = compare_payload(store, compare, threshold, specs) if compare is not None else None
     # the JS heatmap interpolates these stops exactly like wbtrace.palette.entropy_rgb
-    meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]}})
+    meta.update({"mode": mode, "color_scale": {"stops": [[h, list(rgb)] for h, rgb in palette.STOPS]},
+                 # the CSV download guards formulas with the CLI's own rule (wbtrace.textsafe.csv_cell)
+                 "csv_guard": {"start": textsafe.CSV_FORMULA_START, "safe": textsafe.CSV_SAFE}})
     return meta
 
 
@@ -121,9 +123,11 @@ def build_report(trace_dir: str | Path, steps: str | StepSelection | None = None
                     total)
     threshold = default_threshold(store) if threshold is None else threshold
     specs = chart_specs()
+    # step payloads first: each read checks its file whole (wbtrace.store.read_step), so a broken step is
+    # one clear error before the analyses scan the same files
+    steps_blocks = [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
     meta = build_meta(store, chosen, threshold, specs, mode="file", compare=other)
-    blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen)))]
-    blocks += [_json_block(f"wbtrace-step-{s}", step_payload(store, s, threshold, specs)) for s in chosen]
+    blocks = [_json_block("wbtrace-vocab", vocab_payload(store, used_token_ids(store, chosen))), *steps_blocks]
     return render_page(meta, blocks)
 
 
@@ -144,8 +148,8 @@ def write_report(trace_dir: str | Path, out: str | Path, steps: str | StepSelect
     compare : str or Path, optional
         A second trace to show beside this one (the Compare tab).
     """
+    html_text = build_report(trace_dir, steps, threshold, compare)  # first: a mistyped trace dir creates nothing
     out = Path(out)
-    html_text = build_report(trace_dir, steps, threshold, compare)
     with atomic_output(out) as tmp:
         tmp.write_text(html_text, encoding="utf-8")
     return out

@@ -99,12 +99,24 @@ class ViewerApp:
             return self._cache[step]
 
 
+_LOOPBACK_HOST = re.compile(r"^(?:localhost|127\.\d{1,3}\.\d{1,3}\.\d{1,3}|\[::1\])(?::\d{1,5})?$", re.IGNORECASE)
+
+
+def loopback_host(host: str | None) -> bool:
+    """Whether a request's ``Host`` header names this machine's loopback (``127.0.0.1:8765``, ``localhost``)."""
+    return bool(host) and _LOOPBACK_HOST.match(host.strip()) is not None
+
+
 class _Handler(BaseHTTPRequestHandler):
     def __init__(self, *args: Any, app: ViewerApp, **kwargs: Any) -> None:
         self.app = app
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's naming)
+        if not loopback_host(self.headers.get("Host")):
+            # DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 would be
+            # same-origin with us and could read the trace; its requests carry its own Host name.
+            return self._send(421, "text/plain; charset=utf-8", b"only loopback Host names are served")
         path = self.path.split("?", 1)[0]
         if path in ("/", "/index.html"):
             return self._send(200, "text/html; charset=utf-8", self.app.index)

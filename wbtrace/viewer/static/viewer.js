@@ -149,7 +149,8 @@
     const run = meta.run || {};
     const parts = [meta.run_dir];
     if (run.model) parts.push(run.model);
-    $("run-info").textContent = parts.join(" · ");
+    // one isolated span per part (viewer.css): a bidi control in the model name cannot flip the dir
+    $("run-info").replaceChildren(...parts.flatMap((p, i) => (i ? [" · "] : []).concat([el("span", "iso", p)])));
     const sel = $("step-select");
     for (const s of meta.steps) sel.appendChild(new Option(String(s), String(s)));
     sel.addEventListener("change", () => showStep(Number(sel.value)));
@@ -432,10 +433,12 @@
   }
 
   // ---------- CSV export (client side) ----------
+  const CSV_START = new RegExp(meta.csv_guard.start), CSV_SAFE = new RegExp(meta.csv_guard.safe);
   function csvField(v) {
     if (v === null || v === undefined) return "";
     if (typeof v !== "string") return String(v);
-    const safe = /^[=+\-@\t\r]/.test(v) ? "'" + v : v; // spreadsheet formula injection
+    // spreadsheet formula injection: the CLI's rule (wbtrace.textsafe.csv_cell), shipped in meta
+    const safe = CSV_START.test(v) && !CSV_SAFE.test(v) ? "'" + v : v;
     return '"' + safe.replace(/"/g, '""') + '"';
   }
 
@@ -656,7 +659,7 @@
     document.body.dataset.ready = "1";
   }
 
-  window.wbtrace = { state, selectResponse, showStep, applyFilters, entropyRGB, tokText, selectionCSV };
+  window.wbtrace = { state, selectResponse, showStep, applyFilters, entropyRGB, tokText, selectionCSV, csvField };
   main().catch((e) => {
     document.body.dataset.error = String(e);
     $("detail-head").replaceChildren(el("span", "badge bad", "error: " + e));
