@@ -88,14 +88,14 @@ def test_view_and_plot_write_into_the_current_directory(trace_dir, tmp_path):
     assert not (trace_dir / "report.html").exists() and not (trace_dir / "entropy.png").exists()
 
 
-def test_ls_shows_blanks_for_missing_counts(trace_dir):
+def test_ls_shows_a_dash_not_none_for_missing_counts(trace_dir):
     manifest = trace_dir / "manifest.jsonl"
     lines = [json.loads(x) for x in manifest.read_text().splitlines()]
     for e in lines:
         del e["n_kept"], e["n_responses"]
     manifest.write_text("".join(json.dumps(e) + "\n" for e in lines))
     out = run("ls", trace_dir).output
-    assert "None" not in out
+    assert "None" not in out and " - " in out
     assert f"{lines[0]['entropy_mean']:.3f}" in out
 
 

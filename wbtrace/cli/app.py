@@ -41,7 +41,7 @@ COMMAND_MODULES = {
     "charts": "wandb_cmds", "compare": "analyze", "cov": "analyze", "export": "export", "forks": "analyze",
     "groups": "analyze", "import-npz": "export", "ls": "inspect", "mirror": "mirror", "plot": "inspect",
     "positions": "analyze", "pull": "pull", "show": "show", "stats": "inspect", "sync": "wandb_cmds",
-    "train": "train", "view": "view", "workspace": "wandb_cmds",
+    "train": "train", "verify": "inspect", "view": "view", "workspace": "wandb_cmds",
 }
 
 
@@ -56,7 +56,7 @@ def import_command_modules(name: str | None = None) -> None:
 
 # Read-side commands: they never hand pandas objects to pyarrow (see `skip_pandas_probe`).
 PANDAS_FREE_COMMANDS = frozenset({"ls", "stats", "show", "export", "view", "plot", "forks", "cov", "positions",
-                                  "groups", "compare"})
+                                  "groups", "compare", "verify"})
 
 
 class _NoPandas:

@@ -58,8 +58,8 @@ def progress_bar(show: bool = True) -> Progress:
 
 
 def fmt_count(x: Any) -> str:
-    """A count for a table cell; blank when the trace does not have it (an older or foreign manifest)."""
-    return "" if x is None else str(x)
+    """A count for a table cell; ``-`` (like `fmt_float`) when the manifest does not have it, never ``None``."""
+    return "-" if x is None else str(x)
 
 
 def fmt_float(x: Any, digits: int = 3) -> str:
