@@ -46,6 +46,7 @@ from wbtrace.store import (
     STEPS_DIR,
     VOCAB_FILE,
     TraceStore,
+    append_manifest,
     atomic_output,
     atomic_write,
     clean_temp_files,
@@ -99,14 +100,6 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
                        write_statistics=scalars, row_group_size=max(table.num_rows, 1),
                        write_page_checksum=True)  # a reader detects a flipped bit in any page
     return path.stat().st_size
-
-
-def append_manifest(run_dir: Path, entry: dict[str, Any]) -> None:
-    """Append one manifest line, flushed to disk before the step counts as committed."""
-    with open(run_dir / MANIFEST, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:

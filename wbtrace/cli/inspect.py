@@ -80,7 +80,7 @@ def stats_cmd(trace_dir: str, steps: StepSelection, threshold: float, as_json: b
     """
     from wbtrace.analysis import Where
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     where = Where(kept=kept, correct=correct)
     records = [_stats_record(store, s, threshold, where) for s in store.select(steps)]
     if as_json:
@@ -163,7 +163,7 @@ def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     """
     from wbtrace.plot import plot_trace
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     out = plot_trace(store, output or Path("entropy.png"), chosen)
     click.echo(f"wrote {out}", err=True)
