@@ -1,5 +1,4 @@
-"""The committed sample of the real GPU run (docs/runs/h100-sample: steps 1, 50, 100 of SmolLM2-135M DAPO,
-redone on an H200 with the fast sampler)."""
+"""The committed sample of the real H100 run (docs/runs/h100-sample: steps 1, 50, 100 of SmolLM2-135M DAPO)."""
 
 from __future__ import annotations
 
@@ -20,7 +19,7 @@ def test_sample_reads_and_holds_what_the_trainer_wrote():
     assert store.steps == [1, 50, 100]
     assert store.run_info["schema_version"] == 1
     table = store.read_step(50)
-    assert table.num_rows in (64, 128)  # 8 prompts x 8 responses, one or two generation batches
+    assert table.num_rows == 64  # 8 prompts x 8 responses
     ent = np.concatenate([np.asarray(r, np.float32) for r in table.column("entropy").to_pylist()])
     assert 0 <= ent.min() and ent.max() <= math.log(49152) + 1e-2  # entropy is bounded by ln(V)
     lp = np.concatenate([np.asarray(r, np.float32) for r in table.column("logprob").to_pylist()])
@@ -54,13 +53,3 @@ def test_export_of_real_step(tmp_path):
     rows = list(csv.DictReader(out.open(newline="")))  # token text may hold newlines: quoted fields
     assert len(rows) == sum(store.read_step(100).column("response_length").to_pylist())
     assert any("\n" in r["token"] for r in rows) or all(r["token"] for r in rows)
-
-
-def test_no_response_runs_past_the_end_of_its_turn():
-    store = TraceStore(SAMPLE)
-    stops = store.run_info["eos_token_ids"]
-    assert stops == [2] and store.run_info["pad_token_id"] == 2  # SmolLM2's <|im_end|>
-    for _, table in store.iter_steps():
-        for ids in table.column("token_ids").to_pylist():
-            hits = np.flatnonzero(np.isin(ids, stops))
-            assert len(hits) == 0 or hits[0] == len(ids) - 1

@@ -343,3 +343,47 @@ def test_compare_reads_an_offline_run_dir_through_the_cache(logged, tmp_path, mo
     before = {p: p.stat().st_mtime_ns for p in (cached / "steps").iterdir()}
     assert CliRunner().invoke(main, ["compare", str(run_dir), str(trace), "--format", "json"]).exit_code == 0
     assert {p: p.stat().st_mtime_ns for p in (cached / "steps").iterdir()} == before  # only new steps pulled
+
+
+def test_view_follow_picks_up_steps_of_an_offline_run_being_written(tmp_path, monkeypatch):
+    """`view --serve --follow RUN_DIR`: steps logged after the app started appear in its summary."""
+    import time
+
+    from wbtrace.sinks.wandb import WandbSink
+    from wbtrace.sources.local_copy import local_store
+    from wbtrace.viewer import ViewerApp
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("WBTRACE_CACHE", str(tmp_path / "cache"))
+    sink = WandbSink(project="wbtrace-test", mode="offline", dir=str(tmp_path / "wb"), preview_rows=0)
+    rng = np.random.default_rng(1)
+
+    def step(w, s):
+        w.write_step(s, token_ids=rng.integers(0, 4, (4, 6)), response_mask=np.ones((4, 6)),
+                     entropy=rng.random((4, 6)) * 3, reward=rng.random(4))
+        w.flush()
+
+    run_dir = Path(sink.run.settings.sync_dir)
+    with TraceWriter(tmp_path / "trace", vocab=EVIL, sinks=[sink]) as w:
+        step(w, 1)
+        deadline = time.monotonic() + 30
+        while not _offline_steps(run_dir) and time.monotonic() < deadline:
+            time.sleep(0.3)
+        store, refresh = local_store(str(run_dir))
+        app = ViewerApp(store.run_dir, follow=True, poll_s=0.1, refresh=refresh)
+        assert app.steps == [1] and refresh is not None
+        step(w, 2)
+        while json.loads(app.meta_json())["steps"] != [1, 2] and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert json.loads(app.meta_json())["steps"] == [1, 2]
+    sink.finish()
+
+
+def _offline_steps(run_dir: Path) -> list[int]:
+    from wbtrace.sources.wandb_offline import WandbOfflineSource
+
+    try:
+        return WandbOfflineSource(run_dir).steps()
+    except Exception:  # noqa: BLE001  (the log may not hold the first artifact record yet)
+        return []

@@ -68,7 +68,7 @@ def forks_cmd(trace_dir: str, steps: StepSelection, threshold: float,
     """
     from wbtrace.analysis import forks
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     where = _where(kept, correct)
     cut = f"above q{quantile:g} per step" if quantile is not None else f"above {threshold:g} nats"
@@ -119,7 +119,7 @@ def cov_cmd(trace_dir: str, steps: StepSelection, all_responses: bool,
     from wbtrace.analysis import Where, covariance
     from wbtrace.analysis.frames import column_names, require
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     require(column_names(store, chosen), ["logprob", "advantage"], "the covariance needs log-probs and advantages")
     where = Where() if all_responses else Where(kept=True)
@@ -176,7 +176,7 @@ def positions_cmd(trace_dir: str, steps: StepSelection, bins: int, threshold: fl
     """
     from wbtrace.analysis import positions
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     where = _where(kept, correct)
     heat = positions.position_heatmap(store, chosen, bins, where)
@@ -225,7 +225,7 @@ def groups_cmd(trace_dir: str, step: int, k: int | None, kept: bool | None, corr
     """
     from wbtrace.analysis import groups
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, StepSelection(steps=(step,)))
     step = store.select(StepSelection(steps=(step,)))[0]
     where = _where(kept, correct)
     df = groups.groups(store, step, k, where)
@@ -258,8 +258,8 @@ def _groups_short(df):
 
 
 @main.command("compare")
-@click.argument("trace_a", metavar="SOURCE_A", type=click.Path(file_okay=False, path_type=str))
-@click.argument("trace_b", metavar="SOURCE_B", type=click.Path(file_okay=False, path_type=str))
+@click.argument("trace_a", metavar="SOURCE_A")
+@click.argument("trace_b", metavar="SOURCE_B")
 @step_options
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True,
               help="Forking tokens per run and step for the overlap.")
@@ -287,9 +287,7 @@ def compare_cmd(trace_a: str, trace_b: str, steps: StepSelection, top: int,
     """
     from wbtrace.analysis import compare
     from wbtrace.errors import BadInputError
-    from wbtrace.sources.local_copy import local_store
-
-    a, b = local_store(trace_a)[0], local_store(trace_b)[0]
+    a, b = open_store(trace_a, steps), open_store(trace_b, steps)
     common = compare.common_steps(a, b)
     chosen = [s for s in a.select(steps) if s in set(common)]
     curves = compare.curves(a, b, CURVES)

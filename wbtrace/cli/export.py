@@ -39,7 +39,7 @@ def export_cmd(trace_dir: str, steps: StepSelection, level: str, fmt: str, where
         wbtrace export outputs/demo/entropy_trace --steps 1:3 --where "entropy > 2" --format parquet -o hi.parquet
         wbtrace export outputs/demo/entropy_trace --level response --format jsonl
     """
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, steps)
     chosen = store.select(steps)
     with progress_bar(show=len(chosen) > 1) as bar:
         task = bar.add_task("exporting", total=len(chosen))

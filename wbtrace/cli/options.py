@@ -14,8 +14,9 @@ from wbtrace.steps import GRAMMAR, StepSelection
 from wbtrace.store import TraceStore
 
 
-def trace_dir_argument(f: Callable) -> Callable:
-    return click.argument("trace_dir", type=click.Path(file_okay=False, path_type=str))(f)
+def trace_dir_argument(f: Callable, name: str = "trace_dir") -> Callable:
+    """The trace argument: anything `wbtrace pull` accepts (see `open_store`)."""
+    return click.argument(name, metavar="TRACE")(f)
 
 
 def step_options(f: Callable | None = None, *, all_flag: bool = False, default: str = "every step") -> Callable:
@@ -47,14 +48,30 @@ def format_option(choices: tuple[str, ...], default: str) -> Callable:
                         help="Output format.")
 
 
-def open_store(trace_dir: str) -> TraceStore:
-    return TraceStore(trace_dir)
+def open_store(trace_dir: str, steps: StepSelection | None = None) -> TraceStore:
+    """The trace a command reads: a trace dir in place, any other source through the local cache
+    (`wbtrace.sources.local_copy.local_store`; only the ``steps`` selected are fetched, once)."""
+    from pathlib import Path
+
+    if (Path(trace_dir) / "run.json").is_file():
+        return TraceStore(trace_dir)
+    from wbtrace.sources.local_copy import local_store
+
+    with progress_bar() as bar:
+        task = bar.add_task(f"reading {trace_dir}", total=None)
+        progress = lambda done, total: bar.update(task, completed=done, total=total)  # noqa: E731
+        return local_store(trace_dir, steps, progress)[0]
 
 
 def progress_bar(show: bool = True) -> Progress:
     """A progress bar on stderr (stdout may carry data); hidden when ``show`` is false or stderr is no terminal."""
     console = Console(stderr=True)
     return Progress(console=console, transient=True, disable=not show or not console.is_terminal)
+
+
+def fmt_count(x: Any) -> str:
+    """A count for a table cell; ``-`` (like `fmt_float`) when the manifest does not have it, never ``None``."""
+    return "-" if x is None else str(x)
 
 
 def fmt_float(x: Any, digits: int = 3) -> str:

@@ -20,6 +20,7 @@ from wbtrace.cli.options import open_store, trace_dir_argument
 from wbtrace.errors import BadInputError
 from wbtrace.palette import entropy_hex, text_color_for
 from wbtrace.stats import DEFAULT_THRESHOLD
+from wbtrace.steps import StepSelection
 from wbtrace.textsafe import rich_text, terminal_text
 from wbtrace.vocab import Vocab
 
@@ -141,7 +142,7 @@ def show_cmd(trace_dir: str, step: int, sample: int | None, list_only: bool, val
     """
     from wbtrace.cli.inspect import wide_console
 
-    store = open_store(trace_dir)
+    store = open_store(trace_dir, StepSelection(steps=(step,)))
     table = store.read_step(step)
     console = wide_console(highlight=False)
     if sample is None or list_only:

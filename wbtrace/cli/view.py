@@ -14,10 +14,10 @@ from wbtrace.steps import StepSelection
 
 
 @main.command()
-@click.argument("trace_dir", metavar="SOURCE", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("trace_dir", metavar="SOURCE")
 @step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write [default: TRACE_DIR/report.html].")
+              help="HTML file to write [default: report.html in the current directory].")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
@@ -26,10 +26,10 @@ from wbtrace.steps import StepSelection
               help="Port for --serve (0 picks a free one).")
 @click.option("--follow", is_flag=True,
               help="With --serve: show steps as they are committed (a trace being written), no reload needed.")
-@click.option("--compare", "compare", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--compare", "compare", default=None,
               metavar="OTHER_SOURCE", help="A second trace or source for the Compare runs tab.")
-def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
-         serve: bool, port: int, follow: bool, compare: Path | None) -> None:
+def view(trace_dir: str, steps: StepSelection, output: Path | None, threshold: float | None, open_browser: bool,
+         serve: bool, port: int, follow: bool, compare: str | None) -> None:
     """Open a trace in a browser: entropy charts, analyses, responses, token heatmaps; no network needed.
 
     SOURCE is a trace dir, a W&B offline run dir, mlflow://RUN_ID or a W&B run (ENTITY/PROJECT/RUN_ID):
@@ -50,11 +50,11 @@ def view(trace_dir: Path, steps: StepSelection, output: Path | None, threshold: 
 
     if follow and not serve:
         raise click.UsageError("--follow needs --serve (a file cannot change once written)")
-    store, refresh = local_store(str(trace_dir))
+    store, refresh = local_store(trace_dir, steps)
     trace_dir = store.run_dir
-    compare = local_store(str(compare))[0].run_dir if compare is not None else None
+    compare = local_store(compare)[0].run_dir if compare is not None else None
     if not serve:
-        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold,
+        out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold,
                            compare=compare)
         click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if open_browser:
