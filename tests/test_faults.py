@@ -236,3 +236,155 @@ def test_full_disk_keeps_committed_steps_whole_and_leaves_no_temp(small_disk, tm
             if step not in have:
                 w.write_step(step, **make_step(32, 400, 300, seed=step))
     assert w.report.ok and TraceStore(moved).steps == list(range(1, 30)) and verify_trace(moved).ok
+
+
+# ---------------------------------------------------------------- -o: devices, FIFOs, symlinks
+def test_output_to_a_device_a_fifo_or_a_symlink_is_written_through(tmp_path):
+    import os
+    import stat
+    import threading
+
+    trace = write_trace(tmp_path / "t", steps=(1,))
+    try:  # private clones of /dev/null and /dev/full: a regression cannot replace the real ones
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        os.mknod(tmp_path / "full", stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("mknod needs root")
+    for cmd in (["export", trace, "--step", 1, "-o", tmp_path / "null"],
+                ["view", trace, "-o", tmp_path / "null"], ["plot", trace, "-o", tmp_path / "null"]):
+        if cmd[0] == "plot":
+            (tmp_path / "null.png").symlink_to(tmp_path / "null")
+            cmd[-1] = tmp_path / "null.png"
+        r = CliRunner().invoke(main, [str(c) for c in cmd])
+        assert r.exit_code == 0, r.output
+        assert stat.S_ISCHR((tmp_path / "null").stat().st_mode), cmd  # still a device, not a regular file
+    r = CliRunner().invoke(main, ["export", str(trace), "--step", "1", "-o", str(tmp_path / "full")])
+    assert r.exit_code == 2 and "No space left on device" in r.output and r.output.count("\n") == 1, r.output
+    assert stat.S_ISCHR((tmp_path / "full").stat().st_mode)
+    os.mkfifo(tmp_path / "pipe")
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(tmp_path / "pipe", "rb").read()))
+    reader.start()
+    r = CliRunner().invoke(main, ["export", str(trace), "--step", "1", "-o", str(tmp_path / "pipe")])
+    reader.join(30)
+    assert r.exit_code == 0 and got and got[0].startswith(b"step,sample_id"), r.output
+    assert stat.S_ISFIFO((tmp_path / "pipe").stat().st_mode)
+    (tmp_path / "real.csv").write_text("old")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "real.csv")
+    assert CliRunner().invoke(main, ["export", str(trace), "--step", "1", "-o", str(tmp_path / "link.csv")]).exit_code == 0
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "real.csv").read_text().startswith("step,")
+    r = CliRunner().invoke(main, ["export", str(trace), "--step", "1", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "is a directory: give a file name" in r.output, r.output
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+# ---------------------------------------------------------------- pulls: killed, into a live trace, half-made
+PULL_SCRIPT = """
+import sys, time
+from wbtrace.sources.pull import pull
+from wbtrace.sources.refs import open_source
+
+def progress(done, total):
+    if done == 3:
+        print("ready", flush=True)
+    if done >= 3:
+        time.sleep(0.3)  # slow enough that the kill lands mid-pull
+
+pull(open_source(sys.argv[1]), dest=sys.argv[2], progress=progress)
+"""
+
+
+def test_kill_9_during_pull_keeps_what_landed_and_a_rerun_fetches_only_the_rest(tmp_path):
+    from wbtrace.sources.pull import pull
+    from wbtrace.sources.refs import open_source
+
+    src = write_trace(tmp_path / "src", steps=range(1, 21), n=4, max_len=20)
+    dest = tmp_path / "dest"
+    _kill_when_ready(_spawn(PULL_SCRIPT, src, dest))
+    landed = TraceStore(dest).steps
+    assert 3 <= len(landed) < 20 and [e["step"] for e in TraceStore(dest).manifest] == landed  # appended per step
+    assert verify_trace(dest).ok
+    totals = []
+    pull(open_source(str(src)), dest=dest, progress=lambda done, total: totals.append(total))
+    assert totals[-1] == 20 - len(landed)  # what was there whole is not downloaded again
+    assert TraceStore(dest).steps == list(range(1, 21)) and verify_trace(dest).ok
+    for step in (1, 20):
+        assert TraceStore(dest).step_path(step).read_bytes() == TraceStore(src).step_path(step).read_bytes()
+
+
+def test_pull_into_a_trace_being_written_is_refused(tmp_path):
+    from wbtrace import TraceWriter
+    from wbtrace.synthetic import synthetic_vocab
+
+    src = write_trace(tmp_path / "src", steps=(1, 2))
+    with TraceWriter(tmp_path / "live", vocab=synthetic_vocab(300), run_info={"model": "synthetic"}):
+        r = CliRunner().invoke(main, ["pull", str(src), "--all", "--dest", str(tmp_path / "live")])
+    assert r.exit_code == 2 and "is being written by pid" in r.output and r.output.count("\n") == 1, r.output
+    assert TraceStore(tmp_path / "live").steps == []
+
+
+def test_a_failed_pull_leaves_no_half_made_dest(tmp_path):
+    src = write_trace(tmp_path / "src", steps=(1, 2))
+    TraceStore(src).step_path(1).write_bytes(b"not parquet")
+    r = CliRunner().invoke(main, ["pull", str(src), "--all", "--dest", str(tmp_path / "new")])
+    assert r.exit_code == 2 and r.output.startswith("Error: "), r.output
+    assert not (tmp_path / "new").exists()
+    stray = tmp_path / "stray"
+    (stray / "steps").mkdir(parents=True)
+    (stray / "steps" / "step_000009.parquet").write_bytes(b"x")
+    r = CliRunner().invoke(main, ["pull", str(tmp_path / "src"), "--step", "2", "--dest", str(stray)])
+    assert r.exit_code == 2 and "has steps but no run.json" in r.output, r.output
+
+
+# ---------------------------------------------------------------- export killed
+EXPORT_SCRIPT = """
+import sys
+from wbtrace.store import TraceStore
+from wbtrace.export import export_steps
+store = TraceStore(sys.argv[1])
+
+def progress(step):
+    if step == 2:
+        print("ready", flush=True)
+
+export_steps(store, store.steps, sys.argv[2], "csv", progress=progress)
+"""
+
+
+def test_kill_9_during_export_leaves_the_old_output_and_the_next_export_cleans_up(tmp_path):
+    src = write_trace(tmp_path / "src", steps=range(1, 41), n=16, max_len=300)
+    out = tmp_path / "out.csv"
+    out.write_text("the previous export\n")
+    _kill_when_ready(_spawn(EXPORT_SCRIPT, src, out))
+    assert out.read_text() == "the previous export\n"  # never half-replaced
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.csv.tmp-")]  # the killed one's temp
+    r = CliRunner().invoke(main, ["export", str(src), "--step", "1", "-o", str(out)])
+    assert r.exit_code == 0 and out.read_text().startswith("step,")
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]  # a dead process's temp is removed
+
+
+def test_mirror_of_a_moved_embedded_store_writes_beside_its_database(tmp_path):
+    """The trace (and its embedded sqlite store) was copied from the GPU machine; the run's recorded
+    artifact path is that machine's: mirror must not recreate it, and a pull must read the new steps."""
+    import shutil
+
+    pytest.importorskip("mlflow")
+    from wbtrace import TraceWriter
+    from wbtrace.synthetic import make_step, synthetic_vocab
+
+    gpu = write_trace(tmp_path / "gpu" / "t", steps=(1, 2))
+    assert CliRunner().invoke(main, ["mirror", str(gpu)]).exit_code == 0  # the embedded store, on "the GPU machine"
+    here = tmp_path / "laptop" / "t"
+    shutil.copytree(gpu, here)
+    shutil.rmtree(tmp_path / "gpu")
+    with TraceWriter(here, vocab=synthetic_vocab(300), run_info={"model": "synthetic"}) as w:
+        w.write_step(3, **make_step(8, 40, 300, seed=3))
+    r = CliRunner().invoke(main, ["mirror", str(here)])
+    assert r.exit_code == 0 and "uploaded 1 step files, 2 already there" in r.output, r.output
+    assert not (tmp_path / "gpu").exists()  # the other machine's path was not recreated
+    run_id = r.output.split()[2]
+    r = CliRunner().invoke(main, ["pull", f"mlflow://{run_id}", "--all", "--dest", str(tmp_path / "back"),
+                                  "--tracking-uri", f"sqlite:///{here / 'mlflow.db'}"])
+    assert r.exit_code == 0, r.output
+    assert TraceStore(tmp_path / "back").steps == [1, 2, 3]
+    assert TraceStore(tmp_path / "back").step_path(3).read_bytes() == TraceStore(here).step_path(3).read_bytes()

@@ -126,8 +126,8 @@ def test_contract_untrusted_names_stay_inside_dest(trace, tmp_path):
             return art
 
     out = pull_wandb("me/dapo/abc123", StepSelection(steps=(1,)), tmp_path / "p", api=EvilApi(trace))
-    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [
-        "manifest.jsonl", "run.json", "step_000001.parquet", "vocab.parquet"]
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == [  # .wbtrace.lock: the one-writer lock
+        ".wbtrace.lock", "manifest.jsonl", "run.json", "step_000001.parquet", "vocab.parquet"]
 
 
 def test_parse_run_ref():

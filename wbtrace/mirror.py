@@ -33,7 +33,7 @@ from wbtrace.sinks.mlflow import (
     mlflow_step_metrics,
     trace_id,
 )
-from wbtrace.sources.mlflow import get_run_or_fail, list_step_artifacts
+from wbtrace.sources.mlflow import RunArtifactWriter, get_run_or_fail, list_step_artifacts
 from wbtrace.steps import StepSelection
 from wbtrace.store import RUN_JSON, VOCAB_FILE, TraceStore
 
@@ -114,7 +114,8 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
     rid = _target_run(client, uri, store, run_id, experiment, run_name, tags)
     report = MirrorReport(run_id=rid, tracking_uri=uri)
     log_run_metadata(client, rid, store.run_info, tags)
-    report.run_files = _sync_run_files(client, rid, store)
+    files = RunArtifactWriter(client, rid, uri)  # a moved embedded store: beside its database
+    report.run_files = _sync_run_files(files, rid, store)
     remote = list_step_artifacts(client, rid)
     chosen = set(store.select(steps))
     manifest = [e for e in store.manifest if e["step"] in chosen]
@@ -126,7 +127,7 @@ def mirror_trace(run_dir: str | Path, tracking_uri: str | None = None, run_id: s
         if step in remote and remote[step].file_size == path.stat().st_size:
             report.already_there.append(step)
         else:
-            log_step_file(client, rid, path)
+            log_step_file(files, rid, path)
             report.uploaded.append(step)
         missing = {k: v for k, v in wanted[step].items() if step not in history[k]}
         if missing:

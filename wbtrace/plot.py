@@ -12,7 +12,7 @@ from typing import Any
 
 from wbtrace.errors import BadInputError, require
 from wbtrace.stats import DEFAULT_THRESHOLD
-from wbtrace.store import TraceStore
+from wbtrace.store import TraceStore, atomic_output
 from wbtrace.textsafe import terminal_text
 
 
@@ -55,7 +55,8 @@ def plot_trace(store: TraceStore, out: Path, steps: list[int] | None = None) -> 
     title = terminal_text(f"{store.run_dir.name}  ({store.run_info.get('model') or 'model ?'})")
     fig.suptitle(title[:200], fontsize=10)  # trace text: controls shown as escapes, a 10 kB name cut
     fig.tight_layout()
-    fig.savefig(out)
+    with atomic_output(out) as tmp:  # whole or not at all; /dev/stdout or a FIFO written through
+        fig.savefig(tmp, format=fmt)
     plt.close(fig)
     return out
 

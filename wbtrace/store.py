@@ -12,6 +12,7 @@ The manifest names only whole files: the writer renames a step file into place, 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -26,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError, TraceFormatError
-from wbtrace.schema import SCHEMA_VERSION, check_table
+from wbtrace.schema import SCHEMA_VERSION, check_table, read_parquet
 from wbtrace.steps import StepSelection, format_steps
 from wbtrace.vocab import Vocab
 
@@ -135,15 +135,26 @@ def clean_temp_files(folder: Path) -> int:
 
 @contextmanager
 def atomic_output(path: str | os.PathLike, fsync: bool = True, parents: bool = True) -> Iterator[Path]:
-    """Yield a temporary path to write ``path``'s content to; on success it is renamed into place.
+    """Yield a path to write ``path``'s content to; on success it is in place, whole.
 
-    Whole or not at all: the content goes to `temp_path` in the same directory, is fsynced, then
-    renamed over ``path``; on any error the temporary file is removed and ``path`` is untouched.
-    ``parents=False`` leaves a missing folder an error (a mistyped output path is not created).
+    A regular file (or a new one) is written whole or not at all: the content goes to `temp_path` in the
+    same directory, is fsynced, then renamed over ``path``; on any error the temporary file is removed
+    and ``path`` is untouched. A symlink is followed (the file it names is replaced, the link stays a
+    link). A device or FIFO (``-o /dev/null``, a named pipe) is written through: renaming over it
+    would replace ``/dev/null`` with a regular file. A directory is refused. ``parents=False`` leaves a
+    missing folder an error (a mistyped output path is not created).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.is_dir():
+        raise BadInputError(f"{path} is a directory: give a file name")
+    if path.exists() and not path.is_file():
+        yield path
+        return
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(path)
     tmp = temp_path(path)
     tmp.unlink(missing_ok=True)
     try:
@@ -155,6 +166,31 @@ def atomic_output(path: str | os.PathLike, fsync: bool = True, parents: bool = T
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def clean_stale_temps(path: Path) -> int:
+    """Remove temp files of ``path`` whose writer process is gone (``kill -9`` leaves them); returns how many.
+
+    Outputs outside a trace (``export -o``, ``view -o``) have no recovery pass, so the next write of the
+    same output does it. A temp of a live process (another export running) is left alone.
+    """
+    removed = 0
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}{TEMP_MARK}*") if path.parent.is_dir() else []:
+        pid = tmp.name[len(f".{path.name}{TEMP_MARK}"):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
@@ -170,6 +206,14 @@ def atomic_write(path: Path, data: bytes | None = None, src: Path | None = None,
         else:
             tmp.write_bytes(data or b"")
         return check(tmp) if check is not None else None
+
+
+def append_manifest(run_dir: Path, entry: dict[str, Any]) -> None:
+    """Append one manifest line, flushed to disk before the step counts as committed."""
+    with open(run_dir / MANIFEST, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class TraceStore:
@@ -262,7 +306,7 @@ class TraceStore:
         try:
             data = path.read_bytes() if columns is None else None
             source = path if data is None else pa.BufferReader(data)
-            table = pq.read_table(source, columns=columns, page_checksum_verification=True)
+            table = read_parquet(source, columns, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
         if data is not None:

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from wbtrace.dirlock import TraceLock
 from wbtrace.errors import BadInputError
-from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
+from wbtrace.schema import SCHEMA_VERSION, pack_step, read_parquet, to_numpy
 from wbtrace.sinks.base import TraceSink
 from wbtrace.stats import DEFAULT_THRESHOLD, step_stats
 from wbtrace.store import (
@@ -46,6 +46,7 @@ from wbtrace.store import (
     STEPS_DIR,
     VOCAB_FILE,
     TraceStore,
+    append_manifest,
     atomic_output,
     atomic_write,
     clean_temp_files,
@@ -99,14 +100,6 @@ def write_parquet_atomic(table: pa.Table, path: Path, compression: str = "zstd",
                        write_statistics=scalars, row_group_size=max(table.num_rows, 1),
                        write_page_checksum=True)  # a reader detects a flipped bit in any page
     return path.stat().st_size
-
-
-def append_manifest(run_dir: Path, entry: dict[str, Any]) -> None:
-    """Append one manifest line, flushed to disk before the step counts as committed."""
-    with open(run_dir / MANIFEST, "a", encoding="utf-8") as f:
-        f.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def commit_step(run_dir: Path, step: int, table: pa.Table, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
@@ -214,7 +207,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
         if step is None or step in committed:
             continue
         try:
-            stats = step_stats(pq.read_table(path), threshold)
+            stats = step_stats(read_parquet(path), threshold)
         except Exception as e:  # unreadable, or not a step table: keep the bytes, out of the way
             path.rename(path.with_name(path.name + ".corrupt"))
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)

@@ -46,12 +46,14 @@ class _RunArtifacts:
         return self.client.download_artifacts(self.run_id, path, dst)
 
 
-def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None):
+def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None, create: bool = False):
     """The run's artifacts (``list_artifacts``, ``download_artifacts``), following a moved embedded store.
 
     The embedded default (``sqlite:///<run_dir>/mlflow.db``) records absolute ``file://`` artifact
     paths; after the run dir is copied to another machine they point nowhere. Then the artifacts are
     read beside the database, where the sink put them (``<db dir>/mlflow-artifacts/<run>/artifacts``).
+    ``create=True`` (mirror) makes that folder, so new artifacts land beside the database too, not in a
+    recreated copy of the other machine's path.
     """
     from urllib.parse import urlparse
 
@@ -60,6 +62,8 @@ def artifact_repo(client: MlflowClient, run_id: str, uri: str | None = None):
     parsed = urlparse(root)
     if parsed.scheme in ("", "file") and not Path(parsed.path).exists() and uri.startswith("sqlite:///"):
         moved = Path(uri[len("sqlite:///"):]).parent / "mlflow-artifacts" / run_id / "artifacts"
+        if create:  # a writer (mirror): never recreate the recorded path of the machine it came from
+            moved.mkdir(parents=True, exist_ok=True)
         if moved.is_dir():
             from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
@@ -76,6 +80,24 @@ def list_step_artifacts(client: MlflowClient, run_id: str) -> dict[int, FileInfo
         if step is not None and not info.is_dir and info.path == f"{STEPS_ARTIFACT_DIR}/{name}":
             found[step] = info
     return found
+
+
+class RunArtifactWriter:
+    """`log_artifact` / `list_artifacts` in the client's call shape over the artifact store
+    `artifact_repo` chose, so mirror writes where pulls read."""
+
+    def __init__(self, client: MlflowClient, run_id: str, uri: str) -> None:
+        self._client = client
+        self._repo = artifact_repo(client, run_id, uri, create=True)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        if isinstance(self._repo, _RunArtifacts):
+            self._client.log_artifact(run_id, local_path, artifact_path=artifact_path)
+        else:
+            self._repo.log_artifact(local_path, artifact_path)
+
+    def list_artifacts(self, run_id: str, path: str | None = None):
+        return self._repo.list_artifacts(path)
 
 
 class MlflowSource(TraceSource):

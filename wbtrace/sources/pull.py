@@ -19,14 +19,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from wbtrace.dirlock import TraceLock
 from wbtrace.errors import SourceError, TraceFormatError
 from wbtrace.sources.base import TraceSource
 from wbtrace.steps import StepSelection
 from wbtrace.store import (
     MANIFEST,
     RUN_JSON,
+    STEPS_DIR,
     VOCAB_FILE,
+    append_manifest,
     atomic_write,
+    clean_temp_files,
     file_sha256,
     read_manifest,
     step_relpath,
@@ -40,16 +44,32 @@ def pull(source: TraceSource, selection: StepSelection | None = None, dest: str 
     """Copy the selected steps (default: all) of ``source`` into the local trace dir ``dest``; return it.
 
     ``dest`` defaults to ``./wbtrace-<run_id>``; pulling into an existing folder of the same run merges.
-    ``only_new`` skips steps the folder already holds (a cache brought up to date). A missing step
-    raises `SourceError` naming the steps that exist.
+    A step the folder already holds whole (its file has the sha256 its manifest line records) is not
+    downloaded again, and ``only_new`` skips every step the folder holds. Each step's manifest line is
+    appended as the step lands, so an interrupted pull keeps what it brought and a rerun resumes. The
+    folder is locked while pulling (`wbtrace.dirlock`): a pull into a trace being written is refused. A
+    missing step raises `SourceError` naming the steps that exist; a folder this pull created is removed
+    if the pull fails before any step landed.
     """
     wanted = (selection or StepSelection()).resolve(source.steps(), source.label, error=SourceError,
                                                      missing=source.missing)
-    out = LocalTraceDir(dest if dest is not None else default_dest(source.run_id))
-    if only_new:
-        wanted = [s for s in wanted if s not in out.steps]
+    dest = Path(dest if dest is not None else default_dest(source.run_id))
+    created = not dest.exists()
+    try:
+        with TraceLock(dest, "wbtrace pull"):
+            out = LocalTraceDir(dest)
+            todo = [s for s in wanted if not (s in out.steps if only_new else out.holds_whole(s))]
+            _pull_steps(source, out, todo, progress)
+    except BaseException:
+        if created and not any((dest / STEPS_DIR).glob("step_*.parquet")):
+            shutil.rmtree(dest, ignore_errors=True)  # nothing landed: leave no half-made folder
+        raise
+    return dest
+
+
+def _pull_steps(source: TraceSource, out: LocalTraceDir, steps: list[int], progress: Progress | None) -> None:
     with tempfile.TemporaryDirectory(prefix="wbtrace-pull-") as tmp:
-        for i, step in enumerate(wanted, 1):
+        for i, step in enumerate(steps, 1):
             scratch = Path(tmp) / str(step)
             scratch.mkdir()
             got = source.step_file(step, scratch)
@@ -59,8 +79,7 @@ def pull(source: TraceSource, selection: StepSelection | None = None, dest: str 
             out.add_step(step, got.path, got.stats)
             shutil.rmtree(scratch, ignore_errors=True)
             if progress:
-                progress(i, len(wanted))
-    return out.close()
+                progress(i, len(steps))
 
 
 def empty_vocab() -> bytes:
@@ -111,12 +130,24 @@ class LocalTraceDir:
     def __init__(self, dest: str | Path) -> None:
         self.dest = Path(dest)
         self.dest.mkdir(parents=True, exist_ok=True)
+        has_steps = (self.dest / MANIFEST).exists() or any((self.dest / STEPS_DIR).glob("step_*.parquet"))
+        if has_steps and not (self.dest / RUN_JSON).exists():
+            raise SourceError(f"{self.dest} has steps but no {RUN_JSON}: not a trace a pull can merge into; "
+                              "choose another --dest")
+        for folder in (self.dest, self.dest / STEPS_DIR):  # what a killed pull left half-written
+            clean_temp_files(folder)
         self._lines: dict[int, dict[str, Any]] = self._read_manifest()
 
     @property
     def steps(self) -> set[int]:
         """Steps the folder already holds (named in its manifest, file present)."""
         return {s for s in self._lines if (self.dest / step_relpath(s)).is_file()}
+
+    def holds_whole(self, step: int) -> bool:
+        """The folder has ``step`` and its bytes are the ones its manifest line records (sha256)."""
+        line, path = self._lines.get(step), self.dest / step_relpath(step)
+        return bool(line) and isinstance(line.get("sha256"), str) and path.is_file() \
+            and file_sha256(path) == line["sha256"]
 
     def _read_manifest(self) -> dict[int, dict[str, Any]]:
         return {e["step"]: e for e in read_manifest(self.dest / MANIFEST) if isinstance(e.get("step"), int)}
@@ -138,20 +169,20 @@ class LocalTraceDir:
                 atomic_write(self.dest / name, data=content)
 
     def add_step(self, step: int, src: bytes | Path, stats: Mapping[str, Any] | None = None) -> Path:
-        """Write one step's Parquet file (a path to copy, or bytes) and remember its manifest line."""
+        """Write one step's Parquet file (a path to copy, or bytes), then append its manifest line."""
         step = int(step)
         dest = self.dest / step_relpath(step)
         check = lambda tmp: _step_line(tmp, step, stats or {})  # noqa: E731 (validates before the rename)
         if isinstance(src, Path):
-            self._lines[step] = atomic_write(dest, src=src, check=check)
+            line = atomic_write(dest, src=src, check=check)
         else:
-            self._lines[step] = atomic_write(dest, data=src, check=check)
+            line = atomic_write(dest, data=src, check=check)
+        append_manifest(self.dest, line)  # the step counts as pulled once its line is on disk
+        self._lines[step] = line
         return dest
 
     def close(self) -> Path:
-        """Write ``manifest.jsonl`` (sorted by step) atomically and return the trace dir."""
-        text = "".join(json.dumps(self._lines[s], separators=(",", ":")) + "\n" for s in sorted(self._lines))
-        atomic_write(self.dest / MANIFEST, data=text.encode())
+        """The trace dir (every line is appended as its step lands: nothing is left to write)."""
         return self.dest
 
 
