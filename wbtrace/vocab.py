@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+
+from wbtrace.schema import read_parquet
 
 VOCAB_SCHEMA = pa.schema([("id", pa.int32()), ("piece", pa.string()), ("text", pa.string()), ("bytes", pa.binary())])
 _SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -130,12 +131,27 @@ class Vocab:
 
     def __init__(self, table: pa.Table | None) -> None:
         self.table = table
-        n = table.num_rows if table is not None else 0
-        self.texts = np.array(table.column("text").to_pylist() if n else [], dtype=object)
-        self._bytes = table.column("bytes").to_pylist() if n and "bytes" in table.column_names else [None] * n
+        self._n = table.num_rows if table is not None else 0
+
+    # Python lists of ~150k strings take ~50 ms to build: only on first use (export reads `texts_arrow`).
+    @cached_property
+    def texts(self) -> np.ndarray:
+        """Display text by id (object array of str)."""
+        return np.array(self.table.column("text").to_pylist() if self._n else [], dtype=object)
+
+    @cached_property
+    def texts_arrow(self) -> pa.Array:
+        """Display text by id as one Arrow string array, straight from the file."""
+        return self.table.column("text").combine_chunks() if self._n else pa.array([], pa.string())
+
+    @cached_property
+    def _bytes(self) -> list[bytes | None]:
+        if self._n and "bytes" in self.table.column_names:
+            return self.table.column("bytes").to_pylist()
+        return [None] * self._n
 
     def __len__(self) -> int:
-        return len(self.texts)
+        return self._n
 
     @classmethod
     def read(cls, path: Path) -> Vocab:
@@ -145,7 +161,7 @@ class Vocab:
         if not Path(path).exists():
             return cls(None)
         try:
-            table = pq.read_table(path)
+            table = read_parquet(path)
         except (pa.ArrowException, OSError) as e:
             raise TraceFormatError(f"{path}: corrupt or truncated vocabulary file ({e})") from None
         text = table.schema.field("text").type if "text" in table.column_names else None
@@ -167,7 +183,7 @@ class Vocab:
         import pyarrow.compute as pc
 
         if vocab_texts is None:
-            vocab_texts = pa.array(list(self.texts), type=pa.string())
+            vocab_texts = self.texts_arrow
         n = len(vocab_texts)
         valid = pc.and_(pc.greater_equal(ids, 0), pc.less(ids, n))
         if n and pc.all(valid).as_py():

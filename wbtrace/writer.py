@@ -44,7 +44,7 @@ from wbtrace.analysis.policy import policy_stats
 from wbtrace.dirlock import TraceLock
 from wbtrace.errors import BadInputError
 from wbtrace.sampling import TraceSampling, choose_rows, group_codes
-from wbtrace.schema import SCHEMA_VERSION, pack_step, to_numpy
+from wbtrace.schema import SCHEMA_VERSION, pack_step, read_parquet, to_numpy
 from wbtrace.sinks.base import TraceSink
 from wbtrace.stats import DEFAULT_THRESHOLD, step_summary
 from wbtrace.store import (
@@ -225,7 +225,7 @@ def recover(run_dir: Path, threshold: float = DEFAULT_THRESHOLD) -> set[int]:
         if step is None or step in committed:
             continue
         try:
-            stats = step_summary(pq.read_table(path), threshold)
+            stats = step_summary(read_parquet(path), threshold)
         except Exception as e:  # unreadable, or not a step table: keep the bytes, out of the way
             path.rename(path.with_name(path.name + ".corrupt"))
             log.warning("%s: unreadable (%s); renamed to *.corrupt", path, e)

@@ -1,16 +1,6 @@
-"""Command-line interface: `wbtrace <command>`. Each module below adds its commands to `main`."""
+"""Command-line interface: `wbtrace <command>`. Each module below defines commands on `main`; a
+command's module is imported when the command is used (see `wbtrace.cli.app.COMMAND_MODULES`)."""
 
-from wbtrace.cli import (  # noqa: F401  (imported for their commands)
-    analyze,
-    export,
-    inspect,
-    mirror,
-    pull,
-    show,
-    train,
-    view,
-    wandb_cmds,
-)
 from wbtrace.cli.app import main
 
 __all__ = ["main"]

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from wbtrace.cli.analyze import where_options
 from wbtrace.cli.app import main
-from wbtrace.cli.options import fmt_float, open_store, step_options, trace_dir_argument
+from wbtrace.cli.options import fmt_count, fmt_float, open_store, step_options, trace_dir_argument
 from wbtrace.stats import DEFAULT_THRESHOLD, step_summary
 from wbtrace.steps import StepSelection
 from wbtrace.textsafe import rich_text, terminal_text
@@ -33,7 +33,8 @@ def ls_cmd(trace_dir: str) -> None:
     for col in ("step", "responses", "kept", "tokens", "mean H", "p90 H", "reward", "KiB"):
         table.add_column(col, justify="right")
     for e in store.manifest:
-        table.add_row(str(e["step"]), *(str(e.get(k, "-")) for k in ("n_responses", "n_kept", "n_tokens")),
+        table.add_row(str(e["step"]), fmt_count(e.get("n_responses")), fmt_count(e.get("n_kept")),
+                      fmt_count(e.get("n_tokens")),
                       fmt_float(e.get("entropy_mean")), fmt_float(e.get("entropy_p90")),
                       fmt_float(e.get("reward_mean")), f"{e.get('bytes', 0) / 1024:.0f}")
     print_table(wide_console(), table)
@@ -187,7 +188,8 @@ def _position_table(records: list[dict]) -> Table:
 @trace_dir_argument
 @step_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Image file; the format follows the suffix (.png, .svg, .pdf). Default TRACE_DIR/entropy.png.")
+              help="Image file; the format follows the suffix (.png, .svg, .pdf). Default: entropy.png in "
+                   "the current directory.")
 def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
     """Plot entropy over training: percentile bands, share above the threshold, correct vs
     incorrect, reward (needs matplotlib: pip install 'wbtrace[plot]').
@@ -200,7 +202,7 @@ def plot_cmd(trace_dir: str, steps: StepSelection, output: Path | None) -> None:
 
     store = open_store(trace_dir, steps)
     chosen = store.select(steps)
-    out = plot_trace(store, output or store.run_dir / "entropy.png", chosen)
+    out = plot_trace(store, output or Path("entropy.png"), chosen)
     click.echo(f"wrote {out}", err=True)
 
 

@@ -69,5 +69,10 @@ def progress_bar(show: bool = True) -> Progress:
     return Progress(console=console, transient=True, disable=not show or not console.is_terminal)
 
 
+def fmt_count(x: Any) -> str:
+    """A count for a table cell; ``-`` (like `fmt_float`) when the manifest does not have it, never ``None``."""
+    return "-" if x is None else str(x)
+
+
 def fmt_float(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"

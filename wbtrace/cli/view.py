@@ -17,7 +17,7 @@ from wbtrace.steps import StepSelection
 @click.argument("trace_dir", metavar="SOURCE")
 @step_options(default="the latest steps within ~4.5M tokens (all steps with --serve)")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write [default: TRACE_DIR/report.html].")
+              help="HTML file to write [default: report.html in the current directory].")
 @click.option("--threshold", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Entropy threshold in nats for forking tokens [default: the trace's, 0.672].")
 @click.option("--open", "open_browser", is_flag=True, help="Open the report in a web browser.")
@@ -55,7 +55,7 @@ def view(trace_dir: str, steps: StepSelection, output: Path | None, threshold: f
     trace_dir = store.run_dir
     compare = local_store(compare)[0].run_dir if compare is not None else None
     if not serve:
-        out = write_report(trace_dir, output or trace_dir / "report.html", steps=steps, threshold=threshold,
+        out = write_report(trace_dir, output or Path("report.html"), steps=steps, threshold=threshold,
                            compare=compare)
         click.echo(f"Wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
         if open_browser:

@@ -54,6 +54,7 @@ class ModelConfig:
 
 @dataclass
 class RolloutConfig:
+    name: str = _f("hf", "Sampler: `hf` (HF `generate`, the reference) or `fast` (static KV cache, decode step in a CUDA graph, sampling on the GPU; Llama/Qwen2 families, else falls back to `hf` with a message).")
     n: int = _f(8, "Responses sampled per prompt (the GRPO group; DAPO uses 16).")
     temperature: float = _f(1.0, "Sampling temperature; entropy and log-probs are computed from logits / temperature (as verl).")
     top_p: float = _f(1.0, "Nucleus sampling threshold (1.0 = off, DAPO default).")
@@ -198,8 +199,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reward_model.overlong_buffer.len": 16, "trainer.total_training_steps": 8,
         "trainer.cpus_per_worker": 2, "trainer.output_dir": "outputs/demo",
     },
-    "h100": {  # SmolLM2-135M on one (or more) H100: 8 prompts x 8 responses, up to 256 tokens
+    "h100": {  # SmolLM2-135M on one (or more) H100/H200: 8 prompts x 8 responses, up to 256 tokens
         "model.path": "smollm2", "model.compute_dtype": "bfloat16", "trainer.device": "cuda",
+        "actor_rollout_ref.rollout.name": "fast",
         "data.train_batch_size": 8, "data.max_response_length": 256, "actor_rollout_ref.rollout.n": 8,
         "actor_rollout_ref.rollout.micro_batch_size": 128, "actor_rollout_ref.actor.micro_batch_size": 32,
         "actor_rollout_ref.actor.lr": 3e-6, "algorithm.filter_groups.max_num_gen_batches": 2,
@@ -282,6 +284,7 @@ def _one_line(e: Exception) -> str:
 _CHOICES = {
     "data.prompt_format": ("auto", "chat", "plain"),
     "model.compute_dtype": ("float32", "bfloat16"),
+    "actor_rollout_ref.rollout.name": ("hf", "fast"),
     "actor_rollout_ref.actor.loss_agg_mode": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"),
     "actor_rollout_ref.actor.kl_loss_type": ("kl", "abs", "mse", "low_var_kl"),
     "actor_rollout_ref.actor.archer.loss": ("archer", "ppo"),

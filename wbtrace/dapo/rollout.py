@@ -62,6 +62,7 @@ def generate(workers: list[Any], prompt_ids: list[list[int]], n: int, pad: int, 
         batch[k] = np.concatenate([_right_pad(o[k], T, fill) for o in outs])
     batch["truncated"] = np.concatenate([o["truncated"] for o in outs])
     timings = {k: max(o[k] for o in outs) for k in ("time_generate", "time_log_prob")}
+    timings["logprob_gaps"] = [o["logprob_gap"] for o in outs if o.get("logprob_gap")]
     return batch, timings
 
 
@@ -102,6 +103,7 @@ def collect_step(workers: list[Any], stream: PromptStream, tok: Any, cfg: DapoCo
     n, fg = cfg.actor_rollout_ref.rollout.n, cfg.algorithm.filter_groups
     B = cfg.data.gen_batch_size or cfg.data.train_batch_size
     parts, timings, kept_groups, gen_batches = [], {"time_generate": 0.0, "time_log_prob": 0.0}, 0, 0
+    gaps: list[tuple[float, float, int]] = []
     t_reward = 0.0
     while kept_groups < cfg.data.train_batch_size:
         problems = stream.take(B)
@@ -110,6 +112,7 @@ def collect_step(workers: list[Any], stream: PromptStream, tok: Any, cfg: DapoCo
                             cfg.data.max_response_length, seed=cfg.trainer.seed + step * 100 + gen_batches)
         for k in timings:
             timings[k] += t[k]
+        gaps += t["logprob_gaps"]
         t0 = time.perf_counter()
         score(batch, problems, n, tok, cfg)
         t_reward += time.perf_counter() - t0
@@ -132,6 +135,9 @@ def collect_step(workers: list[Any], stream: PromptStream, tok: Any, cfg: DapoCo
     metrics = {"filter/num_gen_batches": gen_batches, "filter/kept_groups": int(out["kept"].sum()) // n,
                "filter/filtered_groups": gen_batches * B - kept_groups, "timing/generate": timings["time_generate"],
                "timing/log_prob": timings["time_log_prob"], "timing/reward": t_reward}
+    if gaps:  # rollout.name=fast: how far the sampler's log-probs are from the trainer's recompute
+        metrics["rollout/logprob_gap_max"] = max(g[0] for g in gaps)
+        metrics["rollout/logprob_gap_mean"] = sum(g[1] for g in gaps) / max(sum(g[2] for g in gaps), 1)
     return out, metrics
 
 

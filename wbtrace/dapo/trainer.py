@@ -17,8 +17,11 @@ zero accuracy spread and refills (dynamic sampling), hands *every* response to t
 workers update on the kept groups with gradients all-reduced over torch.distributed.
 
 How this differs from the DAPO paper (and verl's recipe):
-- HF ``generate`` instead of vLLM; the old log-prob is recomputed by the trainer (as verl), not taken
-  from the sampler.
+- Sampling with HF ``generate`` (``rollout.name=hf``) or wbtrace's own static-cache CUDA-graph sampler
+  (``rollout.name=fast``, ``sampler.py``) instead of vLLM; the old log-prob is recomputed by the trainer
+  (as verl), not taken from the sampler (whose own log-probs give ``rollout/logprob_gap_*``).
+- A response ends at the first of the stop ids (tokenizer eos + generation-config eos + chat-template
+  end of turn, recorded in run.json as ``eos_token_ids``); nothing after it is traced, scored or trained.
 - One policy update per generation batch by default (ppo_mini_batch_size = train_batch_size): ratios
   start at 1, so clip-higher binds only with several mini-batches or epochs, as in verl's default.
 - Dynamic sampling stops after ``max_num_gen_batches`` and trains on what survived (verl raises).
@@ -46,7 +49,7 @@ import numpy as np
 from wbtrace.dapo.config import DapoConfig, to_dict
 from wbtrace.dapo.data import PromptStream
 from wbtrace.dapo.metrics import console_line, rollout_metrics
-from wbtrace.dapo.model import load_tokenizer, model_name, prepare_model
+from wbtrace.dapo.model import load_tokenizer, model_name, prepare_model, stop_token_ids
 from wbtrace.dapo.rollout import collect_step
 from wbtrace.errors import BadInputError
 from wbtrace.store import atomic_write
@@ -63,12 +66,14 @@ def train(cfg: DapoConfig, echo: Callable[[str], None] | None = None) -> list[di
     trace_dir = Path(cfg.trainer.entropy_trace.output_dir or out / "entropy_trace")
     model_path = prepare_model(cfg.model.path, cfg.model.gguf_file, cfg.model.cache_dir)
     tok = load_tokenizer(model_path)
+    stop_ids = stop_token_ids(tok, model_path)
+    check_sampler(cfg, model_path, echo)
     started_ray = init_ray(cfg)
-    workers = start_workers(cfg, model_path, tok)
+    workers = start_workers(cfg, model_path, tok, stop_ids)
     stream = PromptStream(cfg.data.train_files, cfg.data.difficulty, cfg.data.seed)
     start = resume(cfg, out, workers, stream)
     sinks = build_sinks(cfg, out, trace_dir)
-    writer = open_trace(cfg, trace_dir, tok, model_path, sinks)
+    writer = open_trace(cfg, trace_dir, tok, model_path, sinks, stop_ids)
     echo(f"entropy trace: {trace_dir}" if cfg.trainer.entropy_trace.enable else "entropy trace: disabled")
     if start:
         echo(f"resuming from step {start} (checkpoint in {out / 'checkpoints'})")
@@ -172,8 +177,24 @@ def init_ray(cfg: DapoConfig) -> bool:
     return True
 
 
-def start_workers(cfg: DapoConfig, model_path: str, tok: Any) -> list[Any]:
-    """One PolicyWorker actor per rank, joined into one torch.distributed group."""
+def check_sampler(cfg: DapoConfig, model_path: str, echo: Callable[[str], None]) -> None:
+    """``rollout.name=fast`` on a model it cannot run: say why and use ``hf`` instead."""
+    roll = cfg.actor_rollout_ref.rollout
+    if roll.name != "fast":
+        return
+    from wbtrace.dapo.model import load_model_config
+    from wbtrace.dapo.sampler import unsupported_reason
+
+    reason = unsupported_reason(load_model_config(model_path))
+    if reason:
+        echo(f"rollout: the fast sampler cannot run this model ({reason}); using hf generate")
+        log.warning("fast sampler unavailable: %s", reason)
+        roll.name = "hf"
+
+
+def start_workers(cfg: DapoConfig, model_path: str, tok: Any, stop_ids: list[int] | None = None) -> list[Any]:
+    """One PolicyWorker actor per rank, joined into one torch.distributed group; responses end at
+    the first of ``stop_ids`` (default: ``stop_token_ids(tok, model_path)``)."""
     import ray
 
     from wbtrace.dapo.worker import PolicyWorker
@@ -186,8 +207,8 @@ def start_workers(cfg: DapoConfig, model_path: str, tok: Any) -> list[Any]:
            "OMP_NUM_THREADS": str(cfg.trainer.cpus_per_worker)}
     actor = ray.remote(PolicyWorker).options(num_cpus=cfg.trainer.cpus_per_worker, num_gpus=1 if gpu else 0,
                                              runtime_env={"env_vars": env})
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    workers = [actor.remote(r, W, cfg, model_path, tok.pad_token_id, eos) for r in range(W)]
+    stop_ids = stop_token_ids(tok, model_path) if stop_ids is None else stop_ids
+    workers = [actor.remote(r, W, cfg, model_path, tok.pad_token_id, stop_ids) for r in range(W)]
     addr, port = ray.get(workers[0].address.remote())
     ray.get([w.init_dist.remote(addr, port) for w in workers])
     return workers
@@ -230,15 +251,17 @@ class NoTrace:
             sink.finish(status)
 
 
-def open_trace(cfg: DapoConfig, trace_dir: Path, tok: Any, model_path: str, sinks: list[Any]) -> Any:
+def open_trace(cfg: DapoConfig, trace_dir: Path, tok: Any, model_path: str, sinks: list[Any],
+               stop_ids: list[int]) -> Any:
     if not cfg.trainer.entropy_trace.enable:
         return NoTrace(sinks)
     from wbtrace import TraceWriter
     from wbtrace.sampling import TraceSampling
 
     et = cfg.trainer.entropy_trace
+    # eos_token_ids: a reader can check that no response runs past the end of its turn.
     info = {"model": model_name(model_path), "tokenizer": model_name(model_path), "config": to_dict(cfg),
-            "trainer": "wbtrace.dapo"}
+            "trainer": "wbtrace.dapo", "eos_token_ids": stop_ids, "pad_token_id": tok.pad_token_id}
     sampling = TraceSampling(every_n_steps=et.write_every, last_step=cfg.trainer.total_training_steps,
                              group_fraction=et.group_fraction, token_budget=et.token_budget, seed=cfg.trainer.seed)
     # copy=False: each step's batch is built fresh and only read after the hand-off

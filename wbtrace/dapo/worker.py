@@ -1,7 +1,8 @@
 """The policy worker: one Ray actor per device that owns a model replica and its optimizer.
 
 It does the three heavy things of a DAPO step on its data shard: ``rollout`` (batched sampling with
-the KV cache, then the old-log-prob pass that yields per-token entropy and log-prob from raw
+the KV cache, HF ``generate`` or ``sampler.FastSampler`` by ``rollout.name``, stopping at the end-of-turn
+ids the trainer passes, then the old-log-prob pass that yields per-token entropy and log-prob from raw
 logits / temperature), and ``update`` (DAPO's or Archer2.0's clipped policy loss, optionally a KL loss
 to a frozen copy of the initial policy; gradients all-reduced over ``torch.distributed``: gloo on CPU,
 nccl on GPU). The class is plain Python; the trainer wraps it with
@@ -46,19 +47,25 @@ class PolicyWorker:
         self.ref = self._make_ref()
 
     def _make_sampler(self):
-        """The model ``generate`` runs on: a bf16 copy when computing in bf16.
+        """What samples: a ``FastSampler`` (``rollout.name=fast``) or the model HF ``generate`` runs on.
 
-        Autocast re-casts every fp32 weight at every decode step; decoding is launch-bound, so a bf16
-        copy (synced after each update, 270 MB for SmolLM2-135M) samples faster. Log-probs and entropy
-        still come from the fp32 master weights under autocast, as in training.
+        Both hold weights in the compute dtype, synced in place after each update. For ``hf`` in bf16 it
+        is a bf16 copy: autocast would re-cast every fp32 weight at every decode step (270 MB for
+        SmolLM2-135M). Log-probs and entropy still come from the fp32 master weights under autocast,
+        as in training.
         """
         import copy
 
         import torch
 
-        if self.cfg.model.compute_dtype != "bfloat16":
+        dtype = torch.bfloat16 if self.cfg.model.compute_dtype == "bfloat16" else torch.float32
+        if self.cfg.actor_rollout_ref.rollout.name == "fast":
+            from wbtrace.dapo.sampler import FastSampler
+
+            return FastSampler(self.model, dtype, self.device)
+        if dtype == torch.float32:
             return self.model
-        sampler = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+        sampler = copy.deepcopy(self.model).to(dtype).eval()
         sampler.requires_grad_(False)
         return sampler
 
@@ -78,7 +85,9 @@ class PolicyWorker:
     def _sync_sampler(self) -> None:
         import torch
 
-        if self.sampler is not self.model:
+        if hasattr(self.sampler, "sync"):
+            self.sampler.sync(self.model)
+        elif self.sampler is not self.model:
             with torch.no_grad():
                 for dst, src in zip(self.sampler.parameters(), self.model.parameters()):
                     dst.copy_(src)
@@ -108,6 +117,7 @@ class PolicyWorker:
             if self.ref is not None:
                 for dst, src in zip(self.ref.parameters(), self.model.parameters()):
                     dst.copy_(src)
+        self._sync_sampler()
 
     def _all_reduce(self, t):
         if self.world_size > 1:
@@ -135,31 +145,39 @@ class PolicyWorker:
         roll = self.cfg.actor_rollout_ref.rollout
         torch.manual_seed(seed * 1000 + self.rank)
         t0 = time.perf_counter()
-        chunks = [self._generate(prompts[i:i + roll.micro_batch_size], prompt_mask[i:i + roll.micro_batch_size])
-                  for i in range(0, len(prompts), roll.micro_batch_size)]
-        width = max((c.shape[1] for c in chunks), default=1)
+        mb = roll.micro_batch_size
+        chunks = [self._generate(prompts[i:i + mb], prompt_mask[i:i + mb]) for i in range(0, len(prompts), mb)]
+        width = max((c.shape[1] for c, _ in chunks), default=1)
         resp = np.concatenate([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=self.pad_id)
-                               for c in chunks]) if chunks else np.zeros((0, 1), np.int64)
+                               for c, _ in chunks]) if chunks else np.zeros((0, 1), np.int64)
         resp_mask, truncated = self._response_mask(resp)
         t1 = time.perf_counter()
         ent, logp = self.log_prob(prompts, prompt_mask, resp, resp_mask)
         t2 = time.perf_counter()
-        return {"responses": resp, "response_mask": resp_mask, "entropy": ent, "logprob": logp,
-                "truncated": truncated, "time_generate": t1 - t0, "time_log_prob": t2 - t1}
+        out = {"responses": resp, "response_mask": resp_mask, "entropy": ent, "logprob": logp,
+               "truncated": truncated, "time_generate": t1 - t0, "time_log_prob": t2 - t1}
+        if chunks and chunks[0][1] is not None:  # the sampler's own log-probs against the recompute
+            gap = np.abs(np.concatenate([lp for _, lp in chunks]) - logp)[resp_mask.astype(bool)]
+            out["logprob_gap"] = (float(gap.max()), float(gap.sum()), int(gap.size)) if gap.size else None
+        return out
 
-    def _generate(self, prompts: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _generate(self, prompts: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(B, T) sampled tokens, and their log-probs when the sampler gives them (``fast``)."""
         import torch
 
         roll = self.cfg.actor_rollout_ref.rollout
+        T = self.cfg.data.max_response_length
+        if hasattr(self.sampler, "sync"):
+            return self.sampler.generate(prompts, mask, T, self.eos_ids, self.pad_id, roll.temperature, roll.top_p)
         ids = torch.as_tensor(prompts, device=self.device)
         self.sampler.eval()
         with torch.inference_mode():
             out = self.sampler.generate(
                 input_ids=ids, attention_mask=torch.as_tensor(mask, device=self.device), do_sample=True,
                 temperature=roll.temperature, top_p=roll.top_p, top_k=0,
-                max_new_tokens=self.cfg.data.max_response_length, pad_token_id=self.pad_id,
+                max_new_tokens=T, pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids, use_cache=True)
-        return out[:, ids.shape[1]:].cpu().numpy()
+        return out[:, ids.shape[1]:].cpu().numpy(), None
 
     def _response_mask(self, resp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """1 up to and including the first EOS; ``truncated`` when no EOS came before the length limit."""
