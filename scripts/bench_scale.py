@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from wbtrace import TraceSampling, TraceStore, TraceWriter
-from wbtrace.export import _vocab_array, token_rows
+from wbtrace.export import token_rows
 from wbtrace.schema import to_numpy
 from wbtrace.sinks.base import TraceSink
 from wbtrace.stats import step_summary
@@ -285,7 +285,7 @@ def bench_where(tmp: Path, tokens: int) -> None:
         w.write_step(1, **big_step(tokens, 512, seed=3))
     store = TraceStore(d)
     table = store.read_step(1)
-    texts = _vocab_array(store.vocab)
+    texts = store.vocab.texts_arrow
     where = "entropy > 2 AND position < 4000"
     n_tok = sum(table.column("response_length").to_pylist())
 

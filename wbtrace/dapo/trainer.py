@@ -222,9 +222,10 @@ def build_sinks(cfg: DapoConfig, out: Path, trace_dir: Path) -> list[Any]:
         from wbtrace.sinks.wandb import WandbSink
 
         # WANDB_DIR, when set, says where W&B runs go (a scratch or shared file system); else the run dir.
+        # Passed explicitly: wandb reads the environment once per process, so a later change would be lost.
         sinks.append(WandbSink(project=t.project_name, entity=t.wandb.entity or None, name=t.experiment_name,
                                config=to_dict(cfg), mode=t.wandb.mode,
-                               dir=None if os.environ.get("WANDB_DIR") else str(out),
+                               dir=os.environ.get("WANDB_DIR") or str(out),
                                reference_uri=t.wandb.reference_uri or None))
     if t.entropy_trace.mlflow.enable:
         from wbtrace.sinks.mlflow import MlflowSink
