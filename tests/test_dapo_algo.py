@@ -215,3 +215,28 @@ def test_kl_penalty_estimators_by_hand():
     assert algo.kl_penalty(torch.tensor([[0.0]]), torch.tensor([[-30.0]])).item() == 10.0  # verl's clamps
     with pytest.raises(ValueError):
         algo.kl_penalty(lp, ref, "full")
+
+
+def archer_older_reference(old_log_prob, log_prob, advantages, response_mask, low_entropy_mask,
+                           le_low=0.2, le_high=0.28, he_low=0.4, he_high=0.4, clip_ratio_c=3.0):
+    """Archer2.0's older path, ``compute_policy_loss(use_token_entropy_separate=True)`` in the same file as
+    ARCHER_SOURCE, restated operation by operation (what ``actor.archer.loss=ppo`` selects)."""
+    ratio = torch.exp(torch.clamp(log_prob - old_log_prob, min=-20.0, max=20.0))
+    losses1 = -advantages * ratio
+    clip_ratio = torch.where(low_entropy_mask, torch.clamp(ratio, 1 - le_low, 1 + le_high),
+                             torch.clamp(ratio, 1 - he_low, 1 + he_high))
+    clipped1 = torch.maximum(losses1, -advantages * clip_ratio)
+    clipped2 = torch.min(-advantages * clip_ratio_c, clipped1)
+    pg_losses = torch.where(advantages < 0, clipped2, clipped1)
+    return (pg_losses * response_mask).sum() / (response_mask.sum() + 1e-8)
+
+
+def test_archer_ppo_path_equals_archer2_older_compute_policy_loss():
+    new, old, adv, mask, high = _archer_inputs(3)
+    bounds = algo.token_clip_bounds(high, 0.2, 0.28, 0.4, 0.4)
+    loss, _ = algo.policy_loss(new, old, adv, mask, *bounds, 3.0)
+    ours = algo.agg_loss(loss, mask)
+    ref = archer_older_reference(old, new, adv[:, None], mask, ~high & mask.bool())
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(torch.autograd.grad(ours, new)[0], torch.autograd.grad(ref, new)[0],
+                               rtol=1e-6, atol=1e-9)
