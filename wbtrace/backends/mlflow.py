@@ -149,6 +149,29 @@ def mlflow_errors() -> Iterator[None]:
         raise SourceError(f"MLflow failed: {e.message if hasattr(e, 'message') else e}") from None
 
 
+def start_call(fn: Callable[[], object], name: str) -> tuple[threading.Thread, Callable[[], object]]:
+    """Start ``fn`` in a daemon thread; return it and ``result()``, which re-raises its error in the caller.
+
+    A call stuck on a dead server is left behind, never joined: the caller decides how long to wait.
+    """
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
+            box["error"] = e
+
+    def result() -> object:
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box.get("value")
+
+    t = threading.Thread(target=target, daemon=True, name=f"wbtrace-mlflow-{name}")
+    t.start()
+    return t, result
+
+
 class WatchedClient:
     """An `MlflowClient` whose calls give up, in one line, once the server stops answering.
 
@@ -170,17 +193,8 @@ class WatchedClient:
         return lambda *args, **kwargs: self._call(name, lambda: attr(*args, **kwargs))
 
     def _call(self, name: str, fn: Callable[[], object]):
-        box: dict[str, object] = {}
-
-        def target() -> None:
-            try:
-                box["value"] = fn()
-            except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
-                box["error"] = e
-
-        t = threading.Thread(target=target, daemon=True, name=f"wbtrace-mlflow-{name}")
+        t, result = start_call(fn, name)
         start, missed = time.monotonic(), 0
-        t.start()
         while t.is_alive():
             t.join(self._probe_every)
             if not t.is_alive():
@@ -195,7 +209,5 @@ class WatchedClient:
                     f"the MLflow server at {self._uri} stopped answering during {name} (gave up after "
                     f"{time.monotonic() - start:.0f} s); what was copied is kept: rerun the same command to finish"
                 )
-        if "error" in box:
-            raise box["error"]  # type: ignore[misc]
-        return box.get("value")
+        return result()
 

@@ -48,6 +48,7 @@ from wbtrace.backends.mlflow import (
     make_client,
     preview_artifact_path,
     refuse_file_uri,
+    start_call,
 )
 from wbtrace.errors import WbtraceError, require
 from wbtrace.sinks.base import TraceSink, step_metrics
@@ -73,22 +74,11 @@ PREVIEW_TOKENS = 64
 
 def call_with_deadline(fn: Callable[[], Any], timeout: float, what: str) -> Any:
     """Run ``fn`` in a daemon thread and wait at most ``timeout`` s (a stuck call is left behind, not joined)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # noqa: BLE001  (re-raised in the caller's thread)
-            box["error"] = e
-
-    t = threading.Thread(target=target, daemon=True, name=f"wbtrace-mlflow-{what}")
-    t.start()
+    t, result = start_call(fn, what)
     t.join(timeout)
     if t.is_alive():
         raise TimeoutError(f"{what}: no answer from MLflow in {timeout:.0f} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
+    return result()
 
 
 # ---------------------------------------------------------------- keys, metrics, params
