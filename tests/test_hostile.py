@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import test_viewer  # noqa: E402
 from test_viewer import open_report, select  # noqa: E402
 
-browser, page = test_viewer.browser, test_viewer.page  # the viewer tests' Chromium fixtures
+page = test_viewer.page  # the viewer tests' page on conftest's Chromium
 
 HOSTILE = [
     "\x1b]0;pwned-title\x07", "\x1b[2J\x1b[HFAKE HEADER", "\x1b]52;c;aGFja2Vk\x07", "\x1bP+q544e\x1b\\", "\x9b2J",

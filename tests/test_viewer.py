@@ -22,9 +22,6 @@ from wbtrace.viewer.charts import BUILTIN, WEAVE_FILES, bind_spec, load_spec, pa
 from wbtrace.viewer.report import json_for_script, resolve_steps
 from wbtrace.vocab import build_vocab
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 # Untrusted token text: must show as text and run nothing.
 EVIL = ["<script>window.__xss=1</script>", '"quoted" & \'single\'', "&amp; &lt;b&gt;",
         '<img src=x onerror="window.__xss=2">', "</script><script>window.__xss=3</script>"]
@@ -108,18 +105,6 @@ def test_cli_view_writes_report_and_rejects_bad_input(evil_trace: Path, tmp_path
 
 
 # ---------------------------------------------------------------- in the browser
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium; `make browser` does it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
 @pytest.fixture
 def page(browser):
     ctx = browser.new_context(viewport={"width": 1600, "height": 1200}, accept_downloads=True)

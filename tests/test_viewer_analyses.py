@@ -15,8 +15,6 @@ from wbtrace.analysis import covariance, forks, groups
 from wbtrace.synthetic import make_step
 from wbtrace.viewer import ViewerApp, make_server, write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 EVIL = ["<img src=x onerror=\"window.__xss=1\">", "</script><script>window.__xss=2</script>", "a&amp;b"]
 V = 60
 
@@ -49,18 +47,6 @@ def other(tmp_path_factory) -> Path:
     with TraceWriter(d, vocab=[f"w{i}" for i in range(V)]) as w:
         _write_steps(w, (2, 3, 4), seed0=10)
     return d
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (`make browser` installs it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from wbtrace.stats import step_stats
 from wbtrace.synthetic import make_step
 from weave_panels import CHARTS, bind
 
-CHROMIUM = Path("/usr/bin/chromium")
 VEGA5 = Path(__file__).parent / "vega5"
 RUNS = ("run-a", "run-b")
 STEPS = (1, 2, 3)
@@ -51,20 +50,14 @@ def rows(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vega_page():
-    if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is missing (apt-get install chromium; `make browser` does it)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = b.new_page()
-        page.set_content("<html><body></body></html>")
-        page.add_script_tag(path=str(VEGA5 / "vega-5.22.1.min.js"))
-        page.add_script_tag(path=str(VEGA5 / "vega-lite-5.6.1.min.js"))
-        assert page.evaluate("[vega.version, vegaLite.version]") == ["5.22.1", "5.6.1"]
-        yield page
-        b.close()
+def vega_page(browser):
+    page = browser.new_page()
+    page.set_content("<html><body></body></html>")
+    page.add_script_tag(path=str(VEGA5 / "vega-5.22.1.min.js"))
+    page.add_script_tag(path=str(VEGA5 / "vega-lite-5.6.1.min.js"))
+    assert page.evaluate("[vega.version, vegaLite.version]") == ["5.22.1", "5.6.1"]
+    yield page
+    page.close()
 
 
 RENDER = """async (spec) => {
