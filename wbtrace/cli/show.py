@@ -108,12 +108,14 @@ def response_list(table, step: int, threshold: float) -> Table:
     """A step's responses to pick from: id, group, reward, correct, kept, length, mean / max entropy, forks."""
     import polars as pl
 
-    df = pl.from_arrow(table.drop([c for c in table.column_names if c not in (
-        "sample_id", "group_id", "reward", "correct", "kept", "response_length", "entropy")]))
-    ent = pl.col("entropy").cast(pl.List(pl.Float32))
-    df = df.with_columns(mean_H=ent.list.mean(), max_H=ent.list.max(),
-                         forks=ent.list.eval(pl.element() > threshold).list.sum()).drop("entropy")
     from wbtrace.cli.frames_out import frame_table
+    from wbtrace.stats import response_entropy
+
+    df = pl.from_arrow(table.drop([c for c in table.column_names if c not in (
+        "sample_id", "group_id", "reward", "correct", "kept", "response_length")]))
+    h = response_entropy(table, threshold)  # an empty response's NaN shows as a blank, like a null
+    df = df.with_columns(mean_H=pl.Series(h["entropy_mean"]).fill_nan(None),
+                         max_H=pl.Series(h["entropy_max"]).fill_nan(None), forks=pl.Series(h["n_above"]))
 
     return frame_table(df, f"Step {step}: {df.height} responses (wbtrace show TRACE --step {step} --sample ID)")
 
